@@ -1,0 +1,16 @@
+"""jaxnn: the fundamentals of training neural networks in JAX, every gradient derived by hand
+and proven equal to ``jax.grad``."""
+
+from jaxnn import activations as activations
+from jaxnn import gradcheck as gradcheck
+from jaxnn import layers as layers
+from jaxnn import losses as losses
+from jaxnn.gradcheck import GradientMismatchError as GradientMismatchError
+from jaxnn.gradcheck import check_gradients as check_gradients
+from jaxnn.layers import Layer as Layer
+from jaxnn.layers import activation as activation
+from jaxnn.layers import dense as dense
+from jaxnn.layers import mlp as mlp
+from jaxnn.layers import serial as serial
+
+__version__ = "0.1.0"

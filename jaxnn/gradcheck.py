@@ -1,0 +1,416 @@
+"""The gradient checker: hand-derived gradient vs ``jax.grad`` vs central differences.
+
+Point it at any scalar function of pytrees::
+
+    report = check_gradients(f, params, x, grad_fn=my_hand_derived_grad)
+
+Three gradients are compared, leaf by leaf, in float64:
+
+* **hand-derived** — ``grad_fn(*args)``, the chain rule written out (optional);
+* **autodiff** — ``jax.grad(f, argnums)(*args)``;
+* **finite differences** — central differences on sampled coordinates of every leaf, plus one
+  directional derivative along a random direction per leaf, which touches every element.
+
+Tolerances, and why:
+
+* hand-derived vs autodiff: both evaluate the same formula in float64 with a different order of
+  rounding, so they differ by a few ulps times the condition of the computation. The error is
+  measured norm-wise per leaf, ``max|a - b| / max(max|a|, max|b|)`` (elementwise relative error is
+  meaningless where a true derivative is near zero), and must be ``<= rtol`` (default 1e-10:
+  about 5e5 ulps of headroom over float64's 2.2e-16, i.e. room for a condition number of 1e5).
+* against finite differences: the central difference ``D(h) = (f(x+h) - f(x-h)) / 2h`` has
+  truncation error ``~ h**2 f'''/6`` and rounding error ``~ eps |f| / h``. The step
+  ``h = eps**(1/3) * max(1, |x_i|)`` (about 6e-6 for float64) balances the two. The truncation
+  error is *measured* rather than guessed: ``D(h) - D(2h) = -3 c h**2 + O(h**4)``, so
+  ``|D(h) - D(2h)|`` bounds three times the truncation error of ``D(h)``. The rounding noise
+  ``sigma`` of ``f`` is measured too, from the fourth differences of ``f`` at ``x + j h``,
+  ``j = -4..4`` (Moré & Wild, 2011: their mean square is ``70 sigma²``), since ``eps |f|``
+  badly underestimates it when ``f`` sums terms that cancel; it enters as ``4 sigma / h``.
+  Add the rounding of the perturbed points (``eps |x_j| |g_j| / h``), double the sum, and
+  add a floor of 16 ulps of the derivative: that is the bound each coordinate must meet.
+  Across a kink (relu at 0) the two steps disagree and the bound widens: finite differences
+  cannot judge there, and the bound says so instead of failing honest code.
+
+Float32 input is promoted to float64 for the check (inside ``jax.enable_x64``), and the report
+says so: a float32 central difference has only ~3 correct digits and would fail honest code.
+
+Components of jaxnn register cases with :func:`register`; ``jaxnn gradcheck`` audits them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnn._typing import PRNGKey
+
+__all__ = [
+    "GradCase",
+    "GradReport",
+    "GradientMismatchError",
+    "LeafReport",
+    "PairResult",
+    "check_gradients",
+    "register",
+    "registered",
+    "unregister",
+]
+
+HAND = "hand-derived"
+AUTO = "jax.grad"
+FD = "finite differences"
+
+_FD_ROUNDING_ULPS = 16.0  # floor: a few ulps of the derivative itself
+_FD_NOISE_SIGMAS = 4.0  # the rounding noise of D(h) has std sigma / (sqrt(2) h); allow ~5.7 std
+_FD_SAFETY = 2.0
+
+
+class GradientMismatchError(AssertionError):
+    """Two gradients of the same function disagree beyond their derived tolerance."""
+
+
+class PairResult(NamedTuple):
+    """The comparison of two gradients of one leaf."""
+
+    pair: tuple[str, str]  # which two, in the order (a, b)
+    max_abs_err: float  # max |a - b| over the compared elements
+    max_rel_err: float  # max_abs_err / max(max|a|, max|b|), norm-wise
+    worst_index: tuple[int, ...]  # index of the element with the largest error (or ratio)
+    value_a: float  # a at worst_index
+    value_b: float  # b at worst_index
+    tolerance: float  # the bound the worst element had to meet (absolute)
+    ok: bool
+
+
+class LeafReport(NamedTuple):
+    path: str  # e.g. "args[0]['w']"
+    shape: tuple[int, ...]
+    pairs: tuple[PairResult, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(p.ok for p in self.pairs)
+
+
+@dataclasses.dataclass(frozen=True)
+class GradReport:
+    """Per-leaf results of :func:`check_gradients`."""
+
+    leaves: tuple[LeafReport, ...]
+    rtol: float
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return all(leaf.ok for leaf in self.leaves)
+
+    @property
+    def failures(self) -> list[tuple[LeafReport, PairResult]]:
+        return [(leaf, p) for leaf in self.leaves for p in leaf.pairs if not p.ok]
+
+    def max_rel_err(self, pair: tuple[str, str]) -> float:
+        errs = [p.max_rel_err for leaf in self.leaves for p in leaf.pairs if p.pair == pair]
+        return max(errs) if errs else float("nan")
+
+    def table(self) -> str:
+        rows = [("leaf", "shape", "pair", "max abs err", "max rel err", "worst index", "ok")]
+        for leaf in self.leaves:
+            for p in leaf.pairs:
+                rows.append(
+                    (
+                        leaf.path,
+                        str(leaf.shape),
+                        f"{p.pair[0]} vs {p.pair[1]}",
+                        f"{p.max_abs_err:.3e}",
+                        f"{p.max_rel_err:.3e}",
+                        str(p.worst_index),
+                        "ok" if p.ok else "MISMATCH",
+                    )
+                )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+        return "\n".join([*self.notes, *lines])
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _describe(leaf: LeafReport, p: PairResult, rtol: float) -> str:
+    a, b = p.pair
+    if b == FD:
+        why = f"finite-difference bound {p.tolerance:.3e} (derived from step size and rounding)"
+    else:
+        why = f"rtol {rtol:g} (norm-wise relative error {p.max_rel_err:.3e})"
+    return (
+        f"gradient mismatch at leaf {leaf.path} (shape {leaf.shape}), index {p.worst_index}: "
+        f"{a} = {p.value_a!r}, {b} = {p.value_b!r}; |{a} - {b}| = {p.max_abs_err:.3e} "
+        f"exceeds {why}."
+    )
+
+
+def _promote(tree: Any) -> tuple[Any, bool]:
+    promoted = False
+
+    def one(x: Any) -> Any:
+        nonlocal promoted
+        x = jnp.asarray(x)
+        if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != jnp.float64:
+            promoted = True
+            return x.astype(jnp.float64)
+        return x
+
+    return jax.tree.map(one, tree), promoted
+
+
+def _compare_exact(a: np.ndarray, b: np.ndarray, pair: tuple[str, str], rtol: float) -> PairResult:
+    diff = np.abs(a - b)
+    scale = max(float(np.max(np.abs(a), initial=0.0)), float(np.max(np.abs(b), initial=0.0)))
+    if diff.size == 0:
+        return PairResult(pair, 0.0, 0.0, (), float("nan"), float("nan"), 0.0, True)
+    flat = int(np.argmax(np.where(np.isnan(diff), np.inf, diff)))
+    idx = tuple(int(i) for i in np.unravel_index(flat, a.shape))
+    max_abs = float(diff.reshape(-1)[flat])
+    rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+    finite = bool(np.all(np.isfinite(a)) and np.all(np.isfinite(b)))
+    ok = finite and rel <= rtol
+    return PairResult(pair, max_abs, rel, idx, float(a[idx]), float(b[idx]), rtol * scale, ok)
+
+
+def _compare_fd(
+    g: np.ndarray,  # [m] gradient at the sampled coordinates (or directional derivatives)
+    d_h: np.ndarray,  # [m] central differences with step h
+    bound: np.ndarray,  # [m] error bound of d_h
+    indices: list[tuple[int, ...]],
+    pair: tuple[str, str],
+) -> PairResult:
+    err = np.abs(g - d_h)
+    ratio = np.where(np.isnan(err), np.inf, err / np.maximum(bound, np.finfo(np.float64).tiny))
+    k = int(np.argmax(ratio))
+    scale = max(float(np.max(np.abs(g))), float(np.max(np.abs(d_h))))
+    max_abs = float(np.max(err))
+    rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+    ok = bool(np.all(np.isfinite(g)) and np.all(err <= bound))
+    return PairResult(pair, max_abs, rel, indices[k], float(g[k]), float(d_h[k]), float(bound[k]), ok)
+
+
+def check_gradients(
+    f: Callable[..., Any],
+    *args: Any,
+    grad_fn: Callable[..., Any] | None = None,
+    argnums: int | Sequence[int] = 0,
+    rtol: float = 1e-10,
+    fd_samples: int = 16,
+    key: PRNGKey | None = None,
+    raise_on_mismatch: bool = True,
+) -> GradReport:
+    """Compare a hand-derived gradient, ``jax.grad`` and central finite differences.
+
+    Args:
+      f: a function of ``*args`` returning a real scalar. It must be traceable by JAX.
+      *args: its arguments, pytrees of arrays. Floating leaves of the differentiated arguments
+        are promoted to float64.
+      grad_fn: optional hand-derived gradient with ``jax.grad(f, argnums)``'s signature and
+        return structure. Without it, ``jax.grad`` is compared to finite differences only.
+      argnums: which positional arguments to differentiate, as in ``jax.grad``.
+      rtol: bound on the norm-wise relative error between the hand-derived and the autodiff
+        gradient of each leaf.
+      fd_samples: coordinates of each leaf checked by central differences (all of them for a
+        leaf with fewer elements); every element is also covered by one directional
+        derivative per leaf.
+      key: PRNG key choosing the sampled coordinates and directions (default ``key(0)``).
+      raise_on_mismatch: raise :class:`GradientMismatchError` naming the first failing leaf
+        (default), or only return the report.
+
+    Returns:
+      A :class:`GradReport` with one :class:`LeafReport` per leaf of the differentiated
+      arguments and one :class:`PairResult` per pair of gradients compared.
+
+    Raises:
+      GradientMismatchError: a pair disagrees (unless ``raise_on_mismatch=False``).
+      ValueError: ``f`` does not return a real scalar.
+    """
+    if rtol <= 0:
+        raise ValueError(f"rtol must be positive, got {rtol}.")
+    if key is None:
+        key = jax.random.key(0)
+    multiple = not isinstance(argnums, int)
+    argnums_t = tuple(argnums) if multiple else (argnums,)
+    with jax.enable_x64(True):
+        args64, promoted = _promote(args)
+        notes: list[str] = []
+        if promoted:
+            notes.append(
+                "note: floating inputs were promoted to float64 for the check (a float32 central "
+                "difference has about 3 correct digits)."
+            )
+        out = jax.eval_shape(f, *args64)
+        if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
+            raise ValueError(
+                f"check_gradients needs f to return a real scalar, got {out}. Reduce the output "
+                f"(e.g. jnp.sum) or check one output at a time."
+            )
+        auto = jax.grad(f, argnums=argnums)(*args64)
+        auto_t = auto if multiple else (auto,)
+        hand_t = None
+        if grad_fn is not None:
+            hand = grad_fn(*args64)
+            hand_t = tuple(hand) if multiple else (hand,)
+            if len(hand_t) != len(auto_t):
+                raise ValueError(
+                    f"grad_fn returned {len(hand_t)} gradients for argnums={argnums}; expected "
+                    f"{len(auto_t)}, the structure jax.grad(f, argnums) returns."
+                )
+
+        leaves: list[LeafReport] = []
+        for pos, argnum in enumerate(argnums_t):
+            auto_leaves, treedef = jax.tree_util.tree_flatten_with_path(auto_t[pos])
+            if hand_t is not None:
+                hand_struct = jax.tree.structure(hand_t[pos])
+                if hand_struct != treedef:
+                    raise ValueError(
+                        f"grad_fn's gradient for argument {argnum} has structure {hand_struct}, "
+                        f"but the argument (and jax.grad) has structure {treedef}."
+                    )
+                hand_leaves = jax.tree.leaves(hand_t[pos])
+            x_leaves = jax.tree.leaves(args64[argnum])
+            for j, (path, g_auto) in enumerate(auto_leaves):
+                name = f"args[{argnum}]{jax.tree_util.keystr(path)}"
+                g_auto = np.asarray(g_auto, dtype=np.float64)
+                pairs: list[PairResult] = []
+                g_hand = None
+                if hand_t is not None:
+                    g_hand = np.asarray(hand_leaves[j], dtype=np.float64)
+                    if g_hand.shape != g_auto.shape:
+                        raise ValueError(
+                            f"grad_fn's gradient for leaf {name} has shape {g_hand.shape}; the "
+                            f"leaf has shape {g_auto.shape}."
+                        )
+                    pairs.append(_compare_exact(g_hand, g_auto, (HAND, AUTO), rtol))
+                key, sub = jax.random.split(key)
+                fd_pairs = _fd_check(f, args64, argnum, j, x_leaves[j], g_auto, g_hand, fd_samples, sub)
+                pairs.extend(fd_pairs)
+                leaves.append(LeafReport(name, tuple(g_auto.shape), tuple(pairs)))
+    report = GradReport(tuple(leaves), rtol, tuple(notes))
+    if raise_on_mismatch and not report.ok:
+        leaf, p = report.failures[0]
+        raise GradientMismatchError(_describe(leaf, p, rtol) + "\n" + report.table())
+    return report
+
+
+def _fd_check(
+    f: Callable[..., Any],
+    args: tuple[Any, ...],
+    argnum: int,
+    leaf_pos: int,
+    x: jax.Array,
+    g_auto: np.ndarray,
+    g_hand: np.ndarray | None,
+    fd_samples: int,
+    key: PRNGKey,
+) -> list[PairResult]:
+    """Central differences on sampled coordinates and along one random direction of a leaf."""
+    if x.size == 0:
+        return []
+    leaves, treedef = jax.tree.flatten(args[argnum])
+
+    def f_leaf(leaf: jax.Array) -> jax.Array:
+        new = list(leaves)
+        new[leaf_pos] = leaf
+        a = list(args)
+        a[argnum] = jax.tree.unflatten(treedef, new)
+        return f(*a)
+
+    k_idx, k_dir = jax.random.split(key)
+    if x.size <= fd_samples:
+        flat_idx = np.arange(x.size)
+    else:
+        flat_idx = np.sort(np.asarray(jax.random.choice(k_idx, x.size, (fd_samples,), replace=False)))
+    eps = float(jnp.finfo(jnp.float64).eps)
+    xf = x.reshape(-1)
+    # Directions: unit vectors at the sampled coordinates, then one random unit direction.
+    m = len(flat_idx)
+    units = jnp.zeros((m, x.size), x.dtype).at[jnp.arange(m), flat_idx].set(1.0)
+    v = jax.random.normal(k_dir, (x.size,), x.dtype)
+    v = v / jnp.linalg.norm(v)
+    dirs = jnp.concatenate([units, v[None]], axis=0)  # [m + 1, size]
+    h_coord = eps ** (1 / 3) * jnp.maximum(1.0, jnp.abs(xf[flat_idx]))
+    h_dir = eps ** (1 / 3) * jnp.maximum(1.0, jnp.max(jnp.abs(xf)))
+    h = jnp.concatenate([h_coord, h_dir[None]])  # [m + 1]
+
+    def at(step: jax.Array, d: jax.Array) -> jax.Array:
+        return f_leaf((xf + step * d).reshape(x.shape))
+
+    # f at x + j h d for j = -4..4: the central differences use j = +-1, +-2, and the
+    # fourth differences of all nine estimate the rounding noise of f.
+    js = jnp.arange(-4, 5, dtype=x.dtype)
+    values = np.asarray(jax.vmap(lambda hh, d: jax.vmap(lambda j: at(j * hh, d))(js))(h, dirs))
+    hn = np.asarray(h)
+    d_h = (values[:, 5] - values[:, 3]) / (2 * hn)
+    d_2h = (values[:, 6] - values[:, 2]) / (4 * hn)
+    # Noise level of f (Moré & Wild, 2011): for independent rounding errors of std sigma,
+    # E[(fourth difference)²] = 70 sigma², while the smooth part adds only h⁴ times the
+    # fourth derivative.
+    fourth = np.diff(values, n=4, axis=1)  # [m + 1, 5]
+    sigma_dir = np.sqrt(np.mean(fourth**2, axis=1) / 70)
+    sigma = np.maximum(sigma_dir, np.sqrt(np.mean(fourth**2) / 70))
+    # Rounding of the perturbed points themselves: x_j + s d_j is off by up to eps |x_j| / 2,
+    # which moves f by |g_j| eps |x_j| / 2 for every j the direction touches.
+    g_ref = np.abs(g_auto.reshape(-1)) * np.abs(np.asarray(xf))
+    representation = eps * ((np.asarray(dirs) != 0) @ g_ref) / hn
+    bound = _FD_SAFETY * (
+        np.abs(d_h - d_2h) + _FD_NOISE_SIGMAS * sigma / hn + representation
+    ) + _FD_ROUNDING_ULPS * eps * np.abs(d_h)
+    bound = np.where(np.isfinite(bound), bound, np.inf)
+
+    indices = [tuple(int(i) for i in np.unravel_index(k, x.shape)) for k in flat_idx]
+    indices.append(("direction",))  # type: ignore[arg-type]
+    vn = np.asarray(v)
+    results = []
+    for name, g in ((HAND, g_hand), (AUTO, g_auto)):
+        if g is None:
+            continue
+        gf = g.reshape(-1)
+        projected = np.concatenate([gf[flat_idx], [gf @ vn]])
+        results.append(_compare_fd(projected, d_h, bound, indices, (name, FD)))
+    return results
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+class GradCase(NamedTuple):
+    """One gradient check of a registered component, drawn at random shapes and values."""
+
+    f: Callable[..., jax.Array]  # scalar function of args
+    args: tuple[Any, ...]  # its arguments
+    grad_fn: Callable[..., Any] | None  # hand-derived gradient, jax.grad(f, argnums)'s shape
+    argnums: int | tuple[int, ...] = 0
+    description: str = ""  # e.g. the shapes drawn
+
+
+_REGISTRY: dict[str, Callable[[PRNGKey], GradCase]] = {}
+
+
+def register(name: str, make_case: Callable[[PRNGKey], GradCase]) -> Callable[[PRNGKey], GradCase]:
+    """Register a component's gradient case so that ``jaxnn gradcheck`` audits it.
+
+    ``make_case(key)`` draws shapes and float64 values from ``key`` and returns a
+    :class:`GradCase`. Registering an existing name replaces it.
+    """
+    _REGISTRY[name] = make_case
+    return make_case
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def registered() -> dict[str, Callable[[PRNGKey], GradCase]]:
+    """All registered cases, by name (importing :mod:`jaxnn` registers the library's own)."""
+    return dict(_REGISTRY)
