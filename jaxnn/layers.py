@@ -424,6 +424,7 @@ def mlp(
     if not features:
         raise ValueError("mlp: features must list at least one layer size, got [].")
     if isinstance(activation, str | _activations.Activation):
+        _activations.get(activation)  # an unknown name is an error even for a one-layer mlp
         acts = [activation] * (len(features) - 1) + [final_activation or "identity"]
     else:
         acts = list(activation)

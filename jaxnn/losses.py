@@ -124,7 +124,8 @@ def _integer_labels(logits: ArrayLike, labels: ArrayLike) -> tuple[Array, Array]
             f"{z.shape} needs labels.shape={z.shape[:-1]}, got labels.shape={labels.shape}."
         )
     if not isinstance(labels, jax.core.Tracer) and labels.size:
-        lo, hi = int(np.min(labels)), int(np.max(labels))
+        concrete = np.asarray(labels)
+        lo, hi = int(concrete.min()), int(concrete.max())
         if lo < 0 or hi >= z.shape[-1]:
             raise ValueError(
                 f"labels must lie in [0, {z.shape[-1]}) for {z.shape[-1]} classes, got values "

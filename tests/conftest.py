@@ -12,7 +12,8 @@ settings.register_profile(
     "jaxnn",
     deadline=None,  # the first call of a shape compiles; timing belongs to benchmarks
     max_examples=int(os.environ.get("JAXNN_HYPOTHESIS_EXAMPLES", "25")),
-    suppress_health_check=[HealthCheck.too_slow],
+    # maybe_jit is a stateless function-scoped fixture: sharing it across examples is safe.
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     derandomize=True,  # the same examples on every run: CI is reproducible
 )
 settings.load_profile("jaxnn")
