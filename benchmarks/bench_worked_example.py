@@ -23,7 +23,9 @@ import jax
 from jaxnn.train import TrainState, fit_full_batch, make_train_step, sgd
 
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("example", ROOT / "experiments" / "backprop_worked_example.py")
+_spec = importlib.util.spec_from_file_location(
+    "example", ROOT / "experiments" / "backprop_worked_example.py"
+)
 example = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(example)
 
@@ -42,10 +44,13 @@ def main() -> None:
         params, state = net.init(jax.random.key(0), x.shape)
         opt = sgd(example.NETWORK["learning_rate"], trainable=example._trainable)
         ts0 = TrainState(params, state, opt.init(params))
-        steps = {mode: make_train_step(net, "squared_error", opt, grad=mode) for mode in ("autodiff", "manual")}
+        steps = {
+            mode: make_train_step(net, "squared_error", opt, grad=mode)
+            for mode in ("autodiff", "manual")
+        }
 
         def scan(mode):
-            final, losses = fit_full_batch(steps[mode], ts0, x, t, n)
+            final, _ = fit_full_batch(steps[mode], ts0, x, t, n)
             return jax.block_until_ready(final.params)
 
         def loop():
@@ -54,11 +59,18 @@ def main() -> None:
                 ts, _ = steps["autodiff"](ts, x, t)
             return jax.block_until_ready(ts.params)
 
-        variants = {"scan (autodiff)": lambda: scan("autodiff"), "scan (manual)": lambda: scan("manual"), "loop (autodiff)": loop}
+        variants = {
+            "scan (autodiff)": lambda: scan("autodiff"),
+            "scan (manual)": lambda: scan("manual"),
+            "loop (autodiff)": loop,
+        }
         results = {name: fn() for name, fn in variants.items()}  # warm-up: compile
         ref = jax.tree.leaves(results["scan (autodiff)"])
         for name, res in results.items():  # all three train the same weights
-            diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(ref, jax.tree.leaves(res), strict=True))
+            diff = max(
+                float(jnp.max(jnp.abs(a - b)))
+                for a, b in zip(ref, jax.tree.leaves(res), strict=True)
+            )
             print(f"{name:<16} max |params - scan (autodiff) params| = {diff:.1e}")
         times = {name: [] for name in variants}
         for _ in range(args.repeats):
@@ -67,11 +79,17 @@ def main() -> None:
                 fn()
                 times[name].append(time.perf_counter() - start)
     med = {name: statistics.median(ts) for name, ts in times.items()}
-    print(f"\n{n} updates, median of {args.repeats} interleaved runs on {jax.devices()[0].platform}:")
+    print(
+        f"\n{n} updates, median of {args.repeats} interleaved runs on {jax.devices()[0].platform}:"
+    )
     for name, m in med.items():
         print(f"  {name:<16} {m * 1e3:9.2f} ms   ({m / n * 1e6:.2f} us/step)")
-    print(f"\nloop / scan (autodiff)           = {med['loop (autodiff)'] / med['scan (autodiff)']:.1f}x")
-    print(f"scan (manual) / scan (autodiff)  = {med['scan (manual)'] / med['scan (autodiff)']:.2f}x")
+    print(
+        f"\nloop / scan (autodiff)           = {med['loop (autodiff)'] / med['scan (autodiff)']:.1f}x"
+    )
+    print(
+        f"scan (manual) / scan (autodiff)  = {med['scan (manual)'] / med['scan (autodiff)']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxnn import activations, layers, losses
+from jaxnn import layers, losses
 from jaxnn.backprop import backprop, value_and_grad
 from jaxnn.train import TrainState, fit_full_batch, make_train_step, sgd
 
@@ -35,7 +35,16 @@ NETWORK = {
     "inputs": [0.05, 0.10],  # i1, i2
     "targets": [0.01, 0.99],  # for o1, o2
     # w1, w2 feed h1 from i1, i2; w3, w4 feed h2; w5, w6 feed o1 from h1, h2; w7, w8 feed o2
-    "w": {"w1": 0.15, "w2": 0.20, "w3": 0.25, "w4": 0.30, "w5": 0.40, "w6": 0.45, "w7": 0.50, "w8": 0.55},
+    "w": {
+        "w1": 0.15,
+        "w2": 0.20,
+        "w3": 0.25,
+        "w4": 0.30,
+        "w5": 0.40,
+        "w6": 0.45,
+        "w7": 0.50,
+        "w8": 0.55,
+    },
     "b1": 0.35,  # shared by h1 and h2
     "b2": 0.60,  # shared by o1 and o2
     "learning_rate": 0.5,
@@ -95,7 +104,9 @@ def build() -> tuple[list[layers.Layer], layers.Layer]:
 
 
 def _weights(params: dict[str, Any]) -> dict[str, float]:
-    return {name: float(params[layer]["w"][i, j]) for name, (layer, i, j) in WEIGHT_POSITIONS.items()}
+    return {
+        name: float(params[layer]["w"][i, j]) for name, (layer, i, j) in WEIGHT_POSITIONS.items()
+    }
 
 
 def _trainable(path: tuple[Any, ...], leaf: jax.Array) -> bool:
@@ -131,7 +142,9 @@ def _sequential_step(parts: list[layers.Layer], learning_rate: float):
 def _matches(value: float, published: str) -> bool:
     """Whether ``value`` rounds to ``published`` at its printed number of decimals."""
     decimals = -Decimal(published).as_tuple().exponent
-    return abs(Decimal(repr(value)) - Decimal(published)) <= Decimal(5) * Decimal(10) ** -(decimals + 1)
+    return abs(Decimal(repr(value)) - Decimal(published)) <= Decimal(5) * Decimal(10) ** -(
+        decimals + 1
+    )
 
 
 def run() -> dict[str, Any]:
@@ -159,8 +172,12 @@ def run() -> dict[str, Any]:
 
         # Gradients: the manual reverse loop, jax.grad, and jax.grad on the hand-derived rules.
         e_total, g_manual, _ = backprop(net, "squared_error", params, state, x, targets)
-        (_, _), g_auto = value_and_grad(net, "squared_error", grad="autodiff")(params, state, x, targets)
-        (_, _), g_custom = value_and_grad(net, "squared_error", grad="manual")(params, state, x, targets)
+        (_, _), g_auto = value_and_grad(net, "squared_error", grad="autodiff")(
+            params, state, x, targets
+        )
+        (_, _), g_custom = value_and_grad(net, "squared_error", grad="manual")(
+            params, state, x, targets
+        )
         gm, ga, gc = _weights(g_manual), _weights(g_auto), _weights(g_custom)
         gradients = {
             f"dE/d{name}": {
@@ -208,9 +225,19 @@ def run() -> dict[str, Any]:
         "w5 after one update": {STATED: updated["w5"]},
         "w1 after one update": {STATED: updated["w1"]},
         "E_total after one update": {STATED: e_after_1, SEQUENTIAL: seq_e_1},
-        "E_total after 10,000 updates": {STATED: e_after_n, SEQUENTIAL: seq_e_n, LOGGED: float(logged[-1])},
-        "out_o1 after 10,000 updates": {STATED: float(out_n[0, 0]), SEQUENTIAL: float(seq_out_n[0, 0])},
-        "out_o2 after 10,000 updates": {STATED: float(out_n[0, 1]), SEQUENTIAL: float(seq_out_n[0, 1])},
+        "E_total after 10,000 updates": {
+            STATED: e_after_n,
+            SEQUENTIAL: seq_e_n,
+            LOGGED: float(logged[-1]),
+        },
+        "out_o1 after 10,000 updates": {
+            STATED: float(out_n[0, 0]),
+            SEQUENTIAL: float(seq_out_n[0, 0]),
+        },
+        "out_o2 after 10,000 updates": {
+            STATED: float(out_n[0, 1]),
+            SEQUENTIAL: float(seq_out_n[0, 1]),
+        },
     }
     comparison = {}
     for figure, published in PUBLISHED.items():
@@ -228,7 +255,9 @@ def run() -> dict[str, Any]:
         "forward": forward,
         "E_total (manual backprop)": float(e_total),
         "gradients": gradients,
-        "max |manual - jax.grad|": max(abs(g["manual - jax.grad"]) for k, g in gradients.items() if "not applied" not in k),
+        "max |manual - jax.grad|": max(
+            abs(g["manual - jax.grad"]) for k, g in gradients.items() if "not applied" not in k
+        ),
         "updated weights": updated,
         "E_total after one update": e_after_1,
         "after 10,000 updates": {
@@ -257,7 +286,9 @@ def report(result: dict[str, Any]) -> str:
     for k, g in result["gradients"].items():
         if "not applied" in k:
             continue
-        lines.append(f"  {k:<7} {g['manual backprop']: .12f}  {g['jax.grad']: .12f}  diff {g['manual - jax.grad']: .1e}")
+        lines.append(
+            f"  {k:<7} {g['manual backprop']: .12f}  {g['jax.grad']: .12f}  diff {g['manual - jax.grad']: .1e}"
+        )
     lines.append("Weights after one update (eta = 0.5, biases fixed)")
     lines += [f"  {k}  {v:.9f}" for k, v in result["updated weights"].items()]
     lines.append(f"E_total after one update  {result['E_total after one update']:.9f}")

@@ -259,7 +259,7 @@ def softmax(x: ArrayLike, axis: int = -1) -> Array:
     return e / jnp.sum(e, axis=axis, keepdims=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _static_axis(backward: Callable[..., Array], axis: int) -> Callable[..., Array]:
     # The axis is static: it must sit in the Partial's function (treedef), not in its leaves,
     # so that the backward can be a residual of jax.custom_vjp. Cached so that equal axes
@@ -324,7 +324,9 @@ def _times(derivative: Array, dy: Array) -> Array:
     return dy * derivative
 
 
-def elementwise(name: str, fn: Callable[[Array], Array], derivative: Callable[[Array], Array]) -> Activation:
+def elementwise(
+    name: str, fn: Callable[[Array], Array], derivative: Callable[[Array], Array]
+) -> Activation:
     """Build the :class:`Activation` of an elementwise ``fn`` with derivative ``f'``.
 
     Its VJP is ``dx = dy ⊙ f'(x)`` (the Jacobian is diagonal).

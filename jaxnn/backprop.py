@@ -96,7 +96,14 @@ def manual(layer: Layer) -> Layer:
 
     by_mode = {True: make(True), False: make(False)}
 
-    def apply(params: Params, state: State, x: ArrayLike, *, train: bool = False, key: PRNGKey | None = None):
+    def apply(
+        params: Params,
+        state: State,
+        x: ArrayLike,
+        *,
+        train: bool = False,
+        key: PRNGKey | None = None,
+    ):
         return by_mode[bool(train)](params, state, jnp.asarray(x), key)
 
     return Layer(layer.name, layer.init, apply, layer.vjp)
@@ -152,7 +159,9 @@ def value_and_grad(
     if grad == "manual":
         layer, loss = manual(layer), manual_loss(loss)
 
-    def objective(params: Params, state: State, x: ArrayLike, targets: ArrayLike, train: bool, key: Any):
+    def objective(
+        params: Params, state: State, x: ArrayLike, targets: ArrayLike, train: bool, key: Any
+    ):
         y, new_state = layer.apply(params, state, x, train=train, key=key)
         value = loss.fn(y, targets)
         if penalty is not None:
@@ -161,7 +170,15 @@ def value_and_grad(
 
     vg = jax.value_and_grad(objective, has_aux=True)
 
-    def fn(params: Params, state: State, x: ArrayLike, targets: ArrayLike, *, train: bool = True, key: PRNGKey | None = None):
+    def fn(
+        params: Params,
+        state: State,
+        x: ArrayLike,
+        targets: ArrayLike,
+        *,
+        train: bool = True,
+        key: PRNGKey | None = None,
+    ):
         return vg(params, state, x, targets, train, key)
 
     return fn

@@ -26,7 +26,11 @@ EXPERIMENTS = ("backprop_worked_example",)
 
 
 def _experiments_dir(given: str | None) -> Path:
-    candidates = [Path(given)] if given else [Path(__file__).resolve().parent.parent / "experiments", Path.cwd() / "experiments"]
+    candidates = (
+        [Path(given)]
+        if given
+        else [Path(__file__).resolve().parent.parent / "experiments", Path.cwd() / "experiments"]
+    )
     for path in candidates:
         if (path / f"{EXPERIMENTS[0]}.py").is_file():
             return path
@@ -58,7 +62,10 @@ def reproduce(args: argparse.Namespace) -> int:
             print(f"!! {name} failed: {type(e).__name__}: {e}", file=sys.stderr)
         print(f"== {name}: {time.perf_counter() - start:.1f} s\n")
     if failed:
-        print(f"jaxnn reproduce: {len(failed)} experiment(s) failed: {', '.join(failed)}", file=sys.stderr)
+        print(
+            f"jaxnn reproduce: {len(failed)} experiment(s) failed: {', '.join(failed)}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -76,7 +83,14 @@ def gradcheck(args: argparse.Namespace) -> int:
     if not cases:
         print(f"jaxnn gradcheck: no registered case starts with {args.only!r}.", file=sys.stderr)
         return 2
-    header = ("case", "seed", "shapes", "hand vs jax.grad (rel)", "vs finite diff (err/bound)", "ok")
+    header = (
+        "case",
+        "seed",
+        "shapes",
+        "hand vs jax.grad (rel)",
+        "vs finite diff (err/bound)",
+        "ok",
+    )
     rows = [header]
     failures = []
     for name, make in sorted(cases.items()):
@@ -88,7 +102,9 @@ def gradcheck(args: argparse.Namespace) -> int:
                     key=jax.random.key(seed), raise_on_mismatch=False,
                 )  # fmt: skip
             fd = [p for leaf in report.leaves for p in leaf.pairs if p.pair[1] == gc.FD]
-            worst_fd = max((p.max_abs_err / p.tolerance if p.tolerance else 0.0 for p in fd), default=0.0)
+            worst_fd = max(
+                (p.max_abs_err / p.tolerance if p.tolerance else 0.0 for p in fd), default=0.0
+            )
             rows.append(
                 (
                     name,
@@ -104,11 +120,16 @@ def gradcheck(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
-    print(f"\n{len(rows) - 1 - len(failures)} passed, {len(failures)} failed (rtol 1e-10 vs jax.grad; "
-          "finite differences within their derived bound when err/bound <= 1)")
+    print(
+        f"\n{len(rows) - 1 - len(failures)} passed, {len(failures)} failed (rtol 1e-10 vs jax.grad; "
+        "finite differences within their derived bound when err/bound <= 1)"
+    )
     for name, seed, report in failures:
         leaf, p = report.failures[0]
-        print(f"\n{name} (seed {seed}): {gc._describe(leaf, p, report.rtol)}\n{report.table()}", file=sys.stderr)
+        print(
+            f"\n{name} (seed {seed}): {gc._describe(leaf, p, report.rtol)}\n{report.table()}",
+            file=sys.stderr,
+        )
     return 1 if failures else 0
 
 

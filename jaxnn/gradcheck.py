@@ -150,7 +150,9 @@ def _describe(leaf: LeafReport, p: PairResult, rtol: float) -> str:
     if b == FD:
         why = f"finite-difference bound {p.tolerance:.3e} (derived from step size and rounding)"
     else:
-        why = f"rtol {rtol:g} times the gradient's largest entry (relative error {p.max_rel_err:.3e})"
+        why = (
+            f"rtol {rtol:g} times the gradient's largest entry (relative error {p.max_rel_err:.3e})"
+        )
     return (
         f"gradient mismatch at leaf {leaf.path} (shape {leaf.shape}), index {p.worst_index}: "
         f"{a} = {p.value_a!r}, {b} = {p.value_b!r}; |{a} - {b}| = {p.max_abs_err:.3e} "
@@ -202,7 +204,9 @@ def _compare_fd(
     max_abs = float(np.max(err))
     rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
     ok = bool(np.all(np.isfinite(g)) and np.all(err <= bound))
-    return PairResult(pair, max_abs, rel, indices[k], float(g[k]), float(d_h[k]), float(bound[k]), ok)
+    return PairResult(
+        pair, max_abs, rel, indices[k], float(g[k]), float(d_h[k]), float(bound[k]), ok
+    )
 
 
 def check_gradients(
@@ -256,7 +260,9 @@ def check_gradients(
                 "difference has about 3 correct digits)."
             )
         out = jax.eval_shape(f, *args64)
-        if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
+        if not (
+            hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)
+        ):
             raise ValueError(
                 f"check_gradients needs f to return a real scalar, got {out}. Reduce the output "
                 f"(e.g. jnp.sum) or check one output at a time."
@@ -276,7 +282,11 @@ def check_gradients(
         # The hand-vs-autodiff error is measured against the largest entry of the whole
         # gradient (every leaf of every differentiated argument).
         scale = max(
-            (float(jnp.max(jnp.abs(g), initial=0.0)) for t in (auto_t, hand_t or ()) for g in jax.tree.leaves(t)),
+            (
+                float(jnp.max(jnp.abs(g), initial=0.0))
+                for t in (auto_t, hand_t or ())
+                for g in jax.tree.leaves(t)
+            ),
             default=0.0,
         )
         leaves: list[LeafReport] = []
@@ -305,7 +315,9 @@ def check_gradients(
                         )
                     pairs.append(_compare_exact(g_hand, g_auto, (HAND, AUTO), rtol, scale))
                 key, sub = jax.random.split(key)
-                fd_pairs = _fd_check(f, args64, argnum, j, x_leaves[j], g_auto, g_hand, fd_samples, sub)
+                fd_pairs = _fd_check(
+                    f, args64, argnum, j, x_leaves[j], g_auto, g_hand, fd_samples, sub
+                )
                 pairs.extend(fd_pairs)
                 leaves.append(LeafReport(name, tuple(g_auto.shape), tuple(pairs)))
     report = GradReport(tuple(leaves), rtol, tuple(notes))
@@ -342,7 +354,9 @@ def _fd_check(
     if x.size <= fd_samples:
         flat_idx = np.arange(x.size)
     else:
-        flat_idx = np.sort(np.asarray(jax.random.choice(k_idx, x.size, (fd_samples,), replace=False)))
+        flat_idx = np.sort(
+            np.asarray(jax.random.choice(k_idx, x.size, (fd_samples,), replace=False))
+        )
     eps = float(jnp.finfo(jnp.float64).eps)
     xf = x.reshape(-1)
     # Directions: unit vectors at the sampled coordinates, then one random unit direction.
@@ -361,7 +375,9 @@ def _fd_check(
     # f at x + j h d for j = -4..4: the central differences use j = +-1, +-2, and the
     # fourth differences of all nine estimate the rounding noise of f.
     js = jnp.arange(-4, 5, dtype=x.dtype)
-    values = np.asarray(jax.jit(jax.vmap(lambda hh, d: jax.vmap(lambda j: at(j * hh, d))(js)))(h, dirs))
+    values = np.asarray(
+        jax.jit(jax.vmap(lambda hh, d: jax.vmap(lambda j: at(j * hh, d))(js)))(h, dirs)
+    )
     hn = np.asarray(h)
     d_h = (values[:, 5] - values[:, 3]) / (2 * hn)
     d_2h = (values[:, 6] - values[:, 2]) / (4 * hn)

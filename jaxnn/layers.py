@@ -267,7 +267,14 @@ def dense(
             params["b"] = b_init_fn(kb, (features,), dtype)
         return params, {}
 
-    def apply(params: Params, state: State, x: ArrayLike, *, train: bool = False, key: PRNGKey | None = None):
+    def apply(
+        params: Params,
+        state: State,
+        x: ArrayLike,
+        *,
+        train: bool = False,
+        key: PRNGKey | None = None,
+    ):
         del train, key
         x = ensure_float(x, "x")
         ensure_min_rank(x, 1, "x", "[..., in_features]")
@@ -277,7 +284,14 @@ def dense(
             y = y + params["b"]
         return y, state
 
-    def vjp(params: Params, state: State, x: ArrayLike, *, train: bool = False, key: PRNGKey | None = None):
+    def vjp(
+        params: Params,
+        state: State,
+        x: ArrayLike,
+        *,
+        train: bool = False,
+        key: PRNGKey | None = None,
+    ):
         y, state = apply(params, state, x, train=train, key=key)
         return y, state, Partial(backward_fn, jnp.asarray(x), params["w"])
 
@@ -310,12 +324,26 @@ def activation(fn: str | _activations.Activation, *, name: str | None = None) ->
                 f"{jax.tree.structure(params)}."
             )
 
-    def apply(params: Params, state: State, x: ArrayLike, *, train: bool = False, key: PRNGKey | None = None):
+    def apply(
+        params: Params,
+        state: State,
+        x: ArrayLike,
+        *,
+        train: bool = False,
+        key: PRNGKey | None = None,
+    ):
         del train, key
         _check(params)
         return act.fn(ensure_float(x, "x")), state
 
-    def vjp(params: Params, state: State, x: ArrayLike, *, train: bool = False, key: PRNGKey | None = None):
+    def vjp(
+        params: Params,
+        state: State,
+        x: ArrayLike,
+        *,
+        train: bool = False,
+        key: PRNGKey | None = None,
+    ):
         del train, key
         _check(params)
         y, act_backward = act.vjp(ensure_float(x, "x"))
@@ -371,12 +399,21 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
             shape = jax.ShapeDtypeStruct(out.shape, shape.dtype)
         return params, state
 
-    def apply(params: Params, state: State, x: ArrayLike, *, train: bool = False, key: PRNGKey | None = None):
+    def apply(
+        params: Params,
+        state: State,
+        x: ArrayLike,
+        *,
+        train: bool = False,
+        key: PRNGKey | None = None,
+    ):
         _check(params, "params")
         _check(state, "state")
         new_state = {}
         for k, layer_name, layer in zip(_split_key(key, len(layers)), names, layers, strict=True):
-            x, new_state[layer_name] = layer.apply(params[layer_name], state[layer_name], x, train=train, key=k)
+            x, new_state[layer_name] = layer.apply(
+                params[layer_name], state[layer_name], x, train=train, key=k
+            )
         return x, new_state
 
     def backward(backwards: tuple[Callable[[Array], tuple[Params, Array]], ...], dy: Array):
@@ -385,7 +422,14 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
             grads[layer_name], dy = layer_backward(dy)
         return grads, dy
 
-    def vjp(params: Params, state: State, x: ArrayLike, *, train: bool = False, key: PRNGKey | None = None):
+    def vjp(
+        params: Params,
+        state: State,
+        x: ArrayLike,
+        *,
+        train: bool = False,
+        key: PRNGKey | None = None,
+    ):
         _check(params, "params")
         _check(state, "state")
         new_state, backwards = {}, []
@@ -429,7 +473,9 @@ def mlp(
     else:
         acts = list(activation)
         if final_activation is not None:
-            raise ValueError("mlp: give either one activation per layer or final_activation, not both.")
+            raise ValueError(
+                "mlp: give either one activation per layer or final_activation, not both."
+            )
         if len(acts) != len(features):
             raise ValueError(
                 f"mlp: {len(features)} dense layers need {len(features)} activations, got "
@@ -437,7 +483,9 @@ def mlp(
             )
     layers: list[Layer] = []
     for f, a in zip(features, acts, strict=True):
-        layers.append(dense(f, use_bias=use_bias, w_init=w_init, b_init=b_init, param_dtype=param_dtype))
+        layers.append(
+            dense(f, use_bias=use_bias, w_init=w_init, b_init=b_init, param_dtype=param_dtype)
+        )
         layers.append(_activations_layer(a))
     return serial(*layers, name=name)
 
@@ -448,7 +496,9 @@ _activations_layer = activation
 # ----------------------------------------------------------------------------- gradcheck
 
 
-def layer_case(layer: Layer, input_shape: Shape, *, train: bool = False) -> Callable[[PRNGKey], gradcheck.GradCase]:
+def layer_case(
+    layer: Layer, input_shape: Shape, *, train: bool = False
+) -> Callable[[PRNGKey], gradcheck.GradCase]:
     """A gradcheck case for a layer: ``f(params, x) = Σ w ⊙ layer(params, x)`` with random ``w``.
 
     Its hand-derived gradient runs the layer's ``vjp`` backward on ``w``.

@@ -50,7 +50,9 @@ def test_three_gradients_agree(sizes, activation, loss_name, batch, seed, maybe_
     t = targets_for(loss_name, k_t, (batch, 2))
 
     value_loop, g_loop, _ = maybe_jit(lambda p: backprop(net, loss_name, p, state, x, t))(params)
-    (value_auto, _), g_auto = maybe_jit(lambda p: value_and_grad(net, loss_name)(p, state, x, t))(params)
+    (value_auto, _), g_auto = maybe_jit(lambda p: value_and_grad(net, loss_name)(p, state, x, t))(
+        params
+    )
     (value_custom, _), g_custom = maybe_jit(
         lambda p: value_and_grad(net, loss_name, grad="manual")(p, state, x, t)
     )(params)
@@ -68,7 +70,11 @@ def test_manual_mode_really_runs_the_hand_derived_rules():
 
     def wrong_vjp(params, state, x, *, train=False, key=None):
         y, new_state, backward = base.vjp(params, state, x, train=train, key=key)
-        return y, new_state, jax.tree_util.Partial(lambda b, dy: jax.tree.map(lambda g: 2 * g, b(dy)), backward)
+        return (
+            y,
+            new_state,
+            jax.tree_util.Partial(lambda b, dy: jax.tree.map(lambda g: 2 * g, b(dy)), backward),
+        )
 
     layer = base._replace(vjp=wrong_vjp)
     params, state = layer.init(jax.random.key(0), (3, 4))
@@ -88,7 +94,9 @@ def test_manual_binding_composes_with_vmap_and_higher_level_code():
     xs = jax.random.normal(jax.random.key(1), (6, 5, 3))
 
     def per_batch(layer):
-        return jax.vmap(lambda x: jax.grad(lambda p: jnp.sum(layer.apply(p, state, x)[0]))(params))(xs)
+        return jax.vmap(lambda x: jax.grad(lambda p: jnp.sum(layer.apply(p, state, x)[0]))(params))(
+            xs
+        )
 
     assert rel_err(per_batch(manual(net)), per_batch(net)) <= RTOL
 
@@ -134,7 +142,9 @@ def test_manual_and_autodiff_training_give_the_same_trajectory():
     runs = {}
     for mode in ["autodiff", "manual"]:
         step = make_train_step(net, loss, opt, grad=mode)
-        runs[mode] = fit_full_batch(step, TrainState(params, state, opt.init(params)), x, labels, 50)
+        runs[mode] = fit_full_batch(
+            step, TrainState(params, state, opt.init(params)), x, labels, 50
+        )
     # Each step's gradients agree to the checked 1e-10 relative; Adam's step m/sqrt(v) is
     # scale-free, so a relative gradient error moves each parameter by at most ~lr * 1e-10 per
     # step: 50 * 1e-2 * 1e-10 = 5e-11 on O(1) parameters, under the 1e-9 asserted.
@@ -148,4 +158,6 @@ def test_num_steps_must_be_positive():
     opt = sgd(0.1)
     step = make_train_step(net, "squared_error", opt)
     with pytest.raises(ValueError, match="num_steps must be a positive int"):
-        fit_full_batch(step, TrainState(params, state, opt.init(params)), jnp.ones((1, 1)), jnp.ones((1, 1)), 0)
+        fit_full_batch(
+            step, TrainState(params, state, opt.init(params)), jnp.ones((1, 1)), jnp.ones((1, 1)), 0
+        )

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxnn import cli, gradcheck
-from jaxnn.gradcheck import FD, HAND, AUTO, GradientMismatchError, check_gradients
+from jaxnn.gradcheck import AUTO, FD, HAND, GradientMismatchError, check_gradients
 
 
 def _params(key):
@@ -49,7 +49,11 @@ def test_honest_gradient_passes_with_per_leaf_report():
 def test_planted_wrong_derivative_is_reported_at_exactly_that_leaf_and_index():
     params, x = _params(jax.random.key(1))
     report = check_gradients(
-        _loss, params, x, grad_fn=lambda p, x: _hand_grad(p, x, wrong_b_at=2), raise_on_mismatch=False
+        _loss,
+        params,
+        x,
+        grad_fn=lambda p, x: _hand_grad(p, x, wrong_b_at=2),
+        raise_on_mismatch=False,
     )
     assert not report.ok
     failing = {(leaf.path, p.pair) for leaf, p in report.failures}
@@ -81,13 +85,17 @@ def test_finite_differences_catch_an_error_far_below_the_first_digits():
     def wrong(x):
         return 1 - jnp.tanh(x) ** 2 + 1e-9 * (x > 2)
 
-    report = check_gradients(lambda x: jnp.sum(jnp.tanh(x)), x, grad_fn=wrong, rtol=1.0, raise_on_mismatch=False)
+    report = check_gradients(
+        lambda x: jnp.sum(jnp.tanh(x)), x, grad_fn=wrong, rtol=1.0, raise_on_mismatch=False
+    )
     assert [(leaf.path, p.pair) for leaf, p in report.failures] == [("args[0]", (HAND, FD))]
 
 
 def test_float32_input_is_promoted_and_the_report_says_so():
     x = jnp.linspace(-2.0, 2.0, 6, dtype=jnp.float32)
-    report = check_gradients(lambda x: jnp.sum(jnp.sin(x) * x), x, grad_fn=lambda x: jnp.cos(x) * x + jnp.sin(x))
+    report = check_gradients(
+        lambda x: jnp.sum(jnp.sin(x) * x), x, grad_fn=lambda x: jnp.cos(x) * x + jnp.sin(x)
+    )
     assert report.ok
     assert any("promoted to float64" in note for note in report.notes)
     assert "promoted to float64" in report.table()
@@ -117,10 +125,17 @@ def test_bad_arguments_get_clear_errors():
 
 
 def test_every_library_component_is_registered():
-    import jaxnn  # noqa: F401  (importing registers)
 
     names = set(gradcheck.registered())
-    for required in ["activations.sigmoid", "activations.softmax", "losses.squared_error", "layers.dense", "layers.mlp", "backprop.loop", "backprop.custom_vjp"]:
+    for required in [
+        "activations.sigmoid",
+        "activations.softmax",
+        "losses.squared_error",
+        "layers.dense",
+        "layers.mlp",
+        "backprop.loop",
+        "backprop.custom_vjp",
+    ]:
         assert required in names
 
 
@@ -184,3 +199,14 @@ def test_noise_estimate_keeps_bound_tight_for_an_exact_function():
     (fd,) = [p for p in report.leaves[0].pairs if p.pair == (HAND, FD)]
     assert fd.ok and fd.tolerance < 1e-8
     assert np.isfinite(fd.max_abs_err)
+
+
+@pytest.mark.parametrize("name", sorted(gradcheck.registered()))
+def test_every_registered_rule_passes_at_random_shapes_and_seeds(name):
+    make = gradcheck.registered()[name]
+    for seed in (11, 12):
+        case = make(jax.random.key(seed))
+        report = check_gradients(
+            case.f, *case.args, grad_fn=case.grad_fn, argnums=case.argnums, key=jax.random.key(seed)
+        )
+        assert report.max_rel_err((HAND, AUTO)) <= 1e-10

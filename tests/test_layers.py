@@ -59,7 +59,19 @@ def test_dense_vjp_matches_jax_vjp(batch, n_in, n_out, use_bias, seed, maybe_jit
     check_layer_vjp(layer, (*batch, n_in), seed, maybe_jit)
 
 
-SMOOTH = ["sigmoid", "tanh", "softplus", "gelu", "gelu_tanh", "silu", "elu", "selu", "identity", "softmax", "log_softmax"]
+SMOOTH = [
+    "sigmoid",
+    "tanh",
+    "softplus",
+    "gelu",
+    "gelu_tanh",
+    "silu",
+    "elu",
+    "selu",
+    "identity",
+    "softmax",
+    "log_softmax",
+]
 
 
 @settings(max_examples=10)
@@ -132,7 +144,9 @@ def test_initialiser_variance_follows_its_formula(name, variance):
 
 
 def test_given_and_constant_set_exact_values():
-    layer = layers.dense(2, w_init=layers.given([[0.15, 0.25], [0.20, 0.30]]), b_init=layers.constant(0.35))
+    layer = layers.dense(
+        2, w_init=layers.given([[0.15, 0.25], [0.20, 0.30]]), b_init=layers.constant(0.35)
+    )
     params, _ = layer.init(jax.random.key(0), (1, 2))
     np.testing.assert_array_equal(params["w"], [[0.15, 0.25], [0.20, 0.30]])
     np.testing.assert_array_equal(params["b"], [0.35, 0.35])
@@ -145,7 +159,7 @@ def test_given_with_wrong_shape_says_the_layout():
 
 
 def test_unknown_initialiser_lists_the_known_ones():
-    with pytest.raises(ValueError, match="glorot_uniform.*he_normal|he_normal.*glorot_uniform"):
+    with pytest.raises(ValueError, match=r"glorot_uniform.*he_normal|he_normal.*glorot_uniform"):
         layers.dense(3, w_init="glorot_uniformm")
 
 
@@ -168,7 +182,7 @@ def test_wrong_rank_and_integer_input_are_refused():
     params, state = layer.init(jax.random.key(0), (1, 4))
     with pytest.raises(ValueError, match="rank >= 1"):
         layer.apply(params, state, jnp.float32(1.0))
-    with pytest.raises(TypeError, match="floating-point.*int"):
+    with pytest.raises(TypeError, match=r"floating-point.*int"):
         layer.apply(params, state, jnp.ones((2, 4), jnp.int32))
 
 
@@ -176,13 +190,15 @@ def test_params_that_do_not_match_the_network_are_refused():
     net = layers.mlp([3, 2], "tanh")
     params, state = net.init(jax.random.key(0), (1, 4))
     other, _ = layers.mlp([3, 3, 2], "tanh").init(jax.random.key(0), (1, 4))
-    with pytest.raises(ValueError, match="do not match the network.*dense_0.*dense_2"):
+    with pytest.raises(ValueError, match=r"do not match the network.*dense_0.*dense_2"):
         net.apply(other, state, jnp.ones((1, 4)))
     broken = {**params, "dense_0": {"w": params["dense_0"]["w"]}}  # bias missing
     with pytest.raises(ValueError, match=r"keys \['b', 'w'\]"):
         net.vjp(broken, state, jnp.ones((1, 4)))
     with pytest.raises(ValueError, match="bias b has shape"):
-        net.apply({**params, "dense_2": {**params["dense_2"], "b": jnp.ones(3)}}, state, jnp.ones((1, 4)))
+        net.apply(
+            {**params, "dense_2": {**params["dense_2"], "b": jnp.ones(3)}}, state, jnp.ones((1, 4))
+        )
     with pytest.raises(ValueError, match="no parameters"):
         net.apply({**params, "tanh_1": {"w": jnp.ones(1)}}, state, jnp.ones((1, 4)))
 
