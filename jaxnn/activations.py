@@ -113,9 +113,13 @@ def tanh(x: ArrayLike) -> Array:
 
 
 def tanh_derivative(x: ArrayLike) -> Array:
-    """``tanh'(x) = 1 - tanh(x)^2`` (0 at saturation)."""
-    t = jnp.tanh(x)
-    return 1 - t * t
+    """``tanh'(x) = 1 - tanh(x)² = sech²(x) = 4z / (1 + z)²`` with ``z = e^{-2|x|}``.
+
+    The last form keeps full relative precision in the tails, where ``1 - tanh²`` cancels
+    (at x = 15 it is 4e-4 off; at x = 20 it gives 0 for 1.7e-17), and is exactly 0 at 1e4.
+    """
+    z = jnp.exp(-2 * jnp.abs(jnp.asarray(x)))
+    return 4 * z / ((1 + z) * (1 + z))
 
 
 # ----------------------------------------------------------------------------- relu family
@@ -148,16 +152,18 @@ def leaky_relu_derivative(x: ArrayLike, negative_slope: float = 0.01) -> Array:
 def elu(x: ArrayLike, alpha: float = 1.0) -> Array:
     """``elu(x) = x if x > 0 else alpha (e^x - 1)`` (Clevert et al., 2016).
 
-    ``expm1`` is evaluated at ``min(x, 0)`` so that the branch not taken never overflows.
+    ``expm1`` is evaluated at ``where(x > 0, 0, x)`` so that the branch not taken never
+    overflows; ``where`` rather than ``minimum``, whose tie rule would hand ``jax.grad`` a
+    slope of ``alpha / 2`` at exactly 0.
     """
     x = jnp.asarray(x)
-    return jnp.where(x > 0, x, alpha * jnp.expm1(jnp.minimum(x, 0)))
+    return jnp.where(x > 0, x, alpha * jnp.expm1(jnp.where(x > 0, 0.0, x)))
 
 
 def elu_derivative(x: ArrayLike, alpha: float = 1.0) -> Array:
     """``elu'(x) = 1 if x > 0 else alpha e^x``."""
     x = jnp.asarray(x)
-    return jnp.where(x > 0, jnp.ones_like(x), alpha * jnp.exp(jnp.minimum(x, 0)))
+    return jnp.where(x > 0, jnp.ones_like(x), alpha * jnp.exp(jnp.where(x > 0, 0.0, x)))
 
 
 # Klambauer et al. (2017), "Self-Normalizing Neural Networks", eq. (14): the fixed point
@@ -180,12 +186,14 @@ def selu_derivative(x: ArrayLike) -> Array:
 
 
 def softplus(x: ArrayLike) -> Array:
-    """``softplus(x) = log(1 + e^x) = max(x, 0) + log1p(e^{-|x|})``.
+    """``softplus(x) = log(1 + e^x) = log(e^x + e^0)``.
 
-    The right-hand form never exponentiates a positive number: finite and exact at +-1e4.
+    Evaluated as ``jnp.logaddexp(x, 0)``, i.e. ``max(x, 0) + log1p(e^{-|x|})``: it never
+    exponentiates a positive number, so it is finite and exact at +-1e4, and its autodiff is
+    right at 0 (a hand-written ``maximum + log1p(exp(-abs))`` gives ``jax.grad`` a slope of
+    0 there: the tie rules of ``maximum`` and ``abs`` do not cancel).
     """
-    x = jnp.asarray(x)
-    return jnp.maximum(x, 0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+    return jnp.logaddexp(jnp.asarray(x), 0.0)
 
 
 def softplus_derivative(x: ArrayLike) -> Array:
@@ -197,15 +205,19 @@ def softplus_derivative(x: ArrayLike) -> Array:
 
 
 def gelu(x: ArrayLike) -> Array:
-    """Exact GELU ``x Φ(x) = x/2 (1 + erf(x / √2))`` (Hendrycks & Gimpel, 2016)."""
+    """Exact GELU ``x Φ(x) = x/2 (1 + erf(x / √2))`` (Hendrycks & Gimpel, 2016).
+
+    ``Φ(x) = erfc(-x / √2) / 2`` avoids the cancellation of ``1 + erf`` for negative x
+    (gelu(-10) = -7.6e-23, not -0).
+    """
     x = jnp.asarray(x)
-    return 0.5 * x * (1 + lax.erf(x / math.sqrt(2)))
+    return 0.5 * x * lax.erfc(-x / math.sqrt(2))
 
 
 def gelu_derivative(x: ArrayLike) -> Array:
     """``gelu'(x) = Φ(x) + x φ(x)``, ``φ(x) = e^{-x²/2} / √(2π)``."""
     x = jnp.asarray(x)
-    cdf = 0.5 * (1 + lax.erf(x / math.sqrt(2)))
+    cdf = 0.5 * lax.erfc(-x / math.sqrt(2))
     pdf = jnp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
     return cdf + x * pdf
 

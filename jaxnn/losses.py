@@ -27,7 +27,7 @@ import numpy as np
 from jaxnn import gradcheck
 from jaxnn._checks import ensure_float, ensure_min_rank, ensure_same_shape, unknown_name
 from jaxnn._typing import Array, ArrayLike
-from jaxnn.activations import log_softmax, sigmoid, softmax
+from jaxnn.activations import log_softmax, sigmoid, softmax, softplus
 
 __all__ = [
     "LOSSES",
@@ -167,8 +167,7 @@ def binary_cross_entropy_with_logits(logits: ArrayLike, targets: ArrayLike) -> A
       targets: ``t`` in [0, 1], same shape.
     """
     z, t = _pair(logits, targets)
-    softplus_z = jnp.maximum(z, 0) + jnp.log1p(jnp.exp(-jnp.abs(z)))
-    return jnp.mean(softplus_z - t * z)
+    return jnp.mean(softplus(z) - t * z)
 
 
 def binary_cross_entropy_with_logits_grad(logits: ArrayLike, targets: ArrayLike) -> Array:
@@ -212,7 +211,12 @@ def get(loss: str | Loss) -> Loss:
     """Look a loss up by name, or pass a :class:`Loss` through."""
     if isinstance(loss, Loss):
         return loss
-    if not isinstance(loss, str) or loss not in LOSSES:
+    if not isinstance(loss, str):
+        raise TypeError(
+            f"loss must be a name ({', '.join(sorted(LOSSES))}) or a Loss, got "
+            f"{type(loss).__name__}."
+        )
+    if loss not in LOSSES:
         raise unknown_name("loss", str(loss), list(LOSSES))
     return LOSSES[loss]
 
