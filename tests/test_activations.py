@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numerics import norm_rel_err
 
-import jaxnn
 from jaxnn import activations as A
 from jaxnn import gradcheck
 
@@ -476,19 +475,6 @@ def test_registry_lists_every_activation():
             continue  # an alias of silu, checked there
         assert f"activations.{name}" in reg
     assert "activations.swish" not in reg
-
-
-@pytest.mark.parametrize("name", sorted(n for n in NAMES if n != "swish"))
-def test_registered_case_passes(name):
-    make = gradcheck.registered()[f"activations.{name}"]
-    for seed in range(2):
-        case = make(jax.random.key(seed))
-        report = jaxnn.check_gradients(
-            case.f, *case.args, grad_fn=case.grad_fn, argnums=case.argnums
-        )
-        assert report.ok
-        # the hand-derived gradient was compared (not only jax.grad vs finite differences)
-        assert report.max_rel_err(("hand-derived", "jax.grad")) <= RTOL
 
 
 # ----------------------------------------------------------------------------- 6. sigmoid'

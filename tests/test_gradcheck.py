@@ -204,7 +204,7 @@ def test_noise_estimate_keeps_bound_tight_for_an_exact_function():
 @pytest.mark.parametrize("name", sorted(gradcheck.registered()))
 def test_every_registered_rule_passes_at_random_shapes_and_seeds(name):
     make = gradcheck.registered()[name]
-    for seed in (11, 12):
+    for seed in (0, 1, 2):  # the CLI audits the same draws (its default --seeds 3)
         case = make(jax.random.key(seed))
         report = check_gradients(
             case.f, *case.args, grad_fn=case.grad_fn, argnums=case.argnums, key=jax.random.key(seed)
