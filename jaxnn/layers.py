@@ -452,6 +452,7 @@ def mlp(
     w_init: str | Initializer = "glorot_uniform",
     b_init: str | Initializer = "zeros",
     param_dtype: Any = None,
+    batchnorm: bool | dict[str, Any] = False,
     name: str = "mlp",
 ) -> Layer:
     """A multi-layer perceptron: ``dense(features[0])``, activation, ..., ``dense(features[-1])``.
@@ -463,6 +464,8 @@ def mlp(
         ``final_activation`` must be left out).
       final_activation: activation after the last dense layer, when ``activation`` is one.
       use_bias, w_init, b_init, param_dtype: passed to every :func:`dense`.
+      batchnorm: put a :func:`jaxnn.batchnorm.batchnorm` between each hidden dense layer and
+        its activation (Ioffe & Szegedy's placement); a dict passes its arguments.
     """
     features = list(features)
     if not features:
@@ -481,11 +484,17 @@ def mlp(
                 f"mlp: {len(features)} dense layers need {len(features)} activations, got "
                 f"{len(acts)}: {acts}."
             )
+    bn_kwargs = batchnorm if isinstance(batchnorm, dict) else {}
+    if batchnorm:
+        from jaxnn.batchnorm import batchnorm as _batchnorm  # batchnorm imports this module
+
     layers: list[Layer] = []
-    for f, a in zip(features, acts, strict=True):
+    for i, (f, a) in enumerate(zip(features, acts, strict=True)):
         layers.append(
             dense(f, use_bias=use_bias, w_init=w_init, b_init=b_init, param_dtype=param_dtype)
         )
+        if batchnorm and i < len(features) - 1:
+            layers.append(_batchnorm(param_dtype=param_dtype, **bn_kwargs))
         layers.append(_activations_layer(a))
     return serial(*layers, name=name)
 
