@@ -74,22 +74,23 @@ def manual(layer: Layer) -> Layer:
 
     ``apply`` is wrapped in ``jax.custom_vjp``: the custom forward runs ``layer.vjp`` and
     keeps its ``backward`` (a ``jax.tree_util.Partial`` pytree) as the residual; the custom
-    backward calls it. State and key get no cotangent (they are not differentiable).
+    backward calls it. State, key and any layer-specific keyword arrays (BatchNorm's ``mask``)
+    get no cotangent: they are not differentiable.
     """
 
     def make(train: bool) -> Callable[..., tuple[Array, State]]:
         @jax.custom_vjp
-        def f(params: Params, state: State, x: Array, key: PRNGKey | None):
-            return layer.apply(params, state, x, train=train, key=key)
+        def f(params: Params, state: State, x: Array, key: PRNGKey | None, extras: dict):
+            return layer.apply(params, state, x, train=train, key=key, **extras)
 
-        def fwd(params: Params, state: State, x: Array, key: PRNGKey | None):
-            y, new_state, backward = layer.vjp(params, state, x, train=train, key=key)
+        def fwd(params: Params, state: State, x: Array, key: PRNGKey | None, extras: dict):
+            y, new_state, backward = layer.vjp(params, state, x, train=train, key=key, **extras)
             return (y, new_state), backward
 
         def bwd(backward: Callable[[Array], tuple[Params, Array]], cotangents: Any):
             dy, _ = cotangents
             dparams, dx = backward(dy)
-            return dparams, None, dx, None
+            return dparams, None, dx, None, None
 
         f.defvjp(fwd, bwd)
         return f
@@ -103,8 +104,9 @@ def manual(layer: Layer) -> Layer:
         *,
         train: bool = False,
         key: PRNGKey | None = None,
+        **extras: Any,
     ):
-        return by_mode[bool(train)](params, state, jnp.asarray(x), key)
+        return by_mode[bool(train)](params, state, jnp.asarray(x), key, extras)
 
     return Layer(layer.name, layer.init, apply, layer.vjp)
 

@@ -302,7 +302,7 @@ def batchnorm(
                 m,
             )
         else:
-            backward = Partial(_eval_backward_fn(reduce, bshape, pdtype), xhat, s, gamma)
+            backward = Partial(_eval_backward_fn(reduce, bshape, pdtype, axis_name), xhat, s, gamma)
         return y, new_state, backward
 
     return Layer(name, init, apply, vjp)
@@ -321,9 +321,15 @@ def _train_backward_fn(reduce, bshape, pdtype, axis_name, masked):
             dyf = dy.astype(xhat.dtype)
             dbeta = jnp.sum(dyf, axis=reduce, keepdims=True)  # this device's share
             dgamma = jnp.sum(dyf * xhat, axis=reduce, keepdims=True)
-            sum_dy, sum_dy_xhat = (
-                (dbeta, dgamma) if axis_name is None else lax.psum((dbeta, dgamma), axis_name)
-            )
+            if axis_name is not None:
+                sum_dy, sum_dy_xhat = lax.psum((dbeta, dgamma), axis_name)
+                if not _varies(gamma, axis_name):
+                    # Params replicated over the mapped axis (shard_map in_specs P()): their
+                    # cotangent is the sum of every device's share, as autodiff's transpose of
+                    # the implicit broadcast gives.
+                    dbeta, dgamma = sum_dy, sum_dy_xhat
+            else:
+                sum_dy, sum_dy_xhat = dbeta, dgamma
             correction = (sum_dy + xhat * sum_dy_xhat) / n
             if masked:
                 correction = correction * m.astype(xhat.dtype)  # padding did not enter the stats
@@ -338,24 +344,39 @@ def _train_backward_fn(reduce, bshape, pdtype, axis_name, masked):
     return _BACKWARDS[key]
 
 
-def _eval_backward_fn(reduce, bshape, pdtype):
-    key = ("eval", reduce, bshape, jnp.dtype(pdtype))
+def _eval_backward_fn(reduce, bshape, pdtype, axis_name):
+    key = ("eval", reduce, bshape, jnp.dtype(pdtype), axis_name)
     if key not in _BACKWARDS:
 
         def backward(xhat, s, gamma, dy):
             dyf = dy.astype(xhat.dtype)
+            dgamma = jnp.sum(dyf * xhat, axis=reduce)
+            dbeta = jnp.sum(dyf, axis=reduce)
+            if axis_name is not None and not _varies(gamma, axis_name):
+                dgamma, dbeta = lax.psum((dgamma, dbeta), axis_name)  # replicated params
+            fshape = _feature_shape(bshape, reduce)
             grads = {
-                "gamma": jnp.sum(dyf * xhat, axis=reduce)
-                .reshape(_feature_shape(bshape, reduce))
-                .astype(pdtype),
-                "beta": jnp.sum(dyf, axis=reduce)
-                .reshape(_feature_shape(bshape, reduce))
-                .astype(pdtype),
+                "gamma": dgamma.reshape(fshape).astype(pdtype),
+                "beta": dbeta.reshape(fshape).astype(pdtype),
             }
             return grads, (gamma * s * dyf).astype(dy.dtype)
 
         _BACKWARDS[key] = backward
     return _BACKWARDS[key]
+
+
+def _varies(a: Array, axis_name: str) -> bool:
+    """Whether ``a`` holds per-device values along ``axis_name`` (shard_map's varying type).
+
+    JAX 0.10 records it as ``aval.manual_axis_type.varying``, earlier releases as ``aval.vma``;
+    without either (no type tracking), values are per-device.
+    """
+    aval = jax.typeof(a)
+    manual_axis_type = getattr(aval, "manual_axis_type", None)
+    if manual_axis_type is not None:
+        return axis_name in manual_axis_type.varying
+    vma = getattr(aval, "vma", None)
+    return True if vma is None else axis_name in vma
 
 
 def _feature_shape(bshape: tuple[int, ...], reduce: tuple[int, ...]) -> tuple[int, ...]:

@@ -1,0 +1,299 @@
+"""BatchNorm: matched to PyTorch and Flax fixtures, hand backward = jax.grad, state semantics."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numerics import norm_rel_err
+
+from jaxnn import layers
+from jaxnn.backprop import manual
+from jaxnn.batchnorm import BatchNormState, batchnorm
+from jaxnn.train import TrainState, fit_full_batch, make_train_step
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REF = np.load(FIXTURES / "batchnorm_reference.npz")
+META = json.loads((FIXTURES / "batchnorm_reference.json").read_text())
+RTOL = 1e-10  # float64, same formula, different rounding order (see jaxnn.gradcheck)
+
+
+def _layer_for(case):
+    args = META["cases"][case]["module_args"]
+    if META["cases"][case]["library"] == "flax":
+        return batchnorm(convention="flax", momentum=args["momentum"], eps=args["epsilon"])
+    if args["momentum"] is None:
+        return batchnorm(convention="cumulative", eps=args["eps"])
+    return batchnorm(convention="pytorch", momentum=args["momentum"], eps=args["eps"])
+
+
+def _grads(layer, params, state, x, w, train, grad):
+    def f(params, x):
+        y, _ = (manual(layer) if grad == "manual" else layer).apply(params, state, x, train=train)
+        return jnp.sum(y * w)
+
+    return jax.grad(f, argnums=(0, 1))(params, x)
+
+
+@pytest.mark.parametrize("grad", ["autodiff", "manual"])
+@pytest.mark.parametrize("case", sorted(META["cases"]))
+def test_matches_reference_framework_in_float32(case, grad):
+    # The fixtures are float32 results of PyTorch 2.13.0 / Flax (see the .json). jaxnn runs in
+    # float32 too: both sides carry float32 rounding (eps 6e-8) through a handful of reductions
+    # over <= 40 elements, and the comparison is norm-wise per array: 1e-6 is ~17 ulps.
+    tol = 1e-6
+    with jax.enable_x64(False):
+        layer = _layer_for(case)
+        r = {k.split("/", 1)[1]: jnp.asarray(v) for k, v in REF.items() if k.startswith(case + "/")}
+        params, state = layer.init(jax.random.key(0), r["x_eval"].shape)
+        params = {"gamma": r["gamma"], "beta": r["beta"]}
+        assert state.mean.dtype == jnp.float32
+        for k in range(r["x_train"].shape[0]):
+            x, w = r["x_train"][k], r["w_train"][k]
+            dparams, dx = _grads(layer, params, state, x, w, True, grad)
+            y, state = layer.apply(params, state, x, train=True)
+            assert norm_rel_err(y, r["y_train"][k]) <= tol
+            assert norm_rel_err(state.mean, r["running_mean"][k]) <= tol
+            assert norm_rel_err(state.var, r["running_var"][k]) <= tol
+            assert int(state.count) == k + 1
+            assert norm_rel_err(dx, r["dx_train"][k]) <= tol
+            assert norm_rel_err(dparams["gamma"], r["dgamma_train"][k]) <= tol
+            assert norm_rel_err(dparams["beta"], r["dbeta_train"][k]) <= tol
+        y, same = layer.apply(params, state, r["x_eval"], train=False)
+        assert same is state
+        dparams, dx = _grads(layer, params, state, r["x_eval"], r["w_eval"], False, grad)
+        assert norm_rel_err(y, r["y_eval"]) <= tol
+        assert norm_rel_err(dx, r["dx_eval"]) <= tol
+        assert norm_rel_err(dparams["gamma"], r["dgamma_eval"]) <= tol
+        assert norm_rel_err(dparams["beta"], r["dbeta_eval"]) <= tol
+
+
+SHAPES_AXES = [
+    ((5, 3), -1),
+    ((4, 3, 2), -1),
+    ((2, 3, 2, 4), -1),
+    ((3, 4, 2), 1),
+    ((3, 2, 4), (1, 2)),
+]
+
+
+@settings(max_examples=8)
+@given(
+    shape_axis=st.sampled_from(SHAPES_AXES),
+    train=st.booleans(),
+    convention=st.sampled_from(["pytorch", "flax", "cumulative"]),
+    seed=st.integers(0, 2**16),
+)
+def test_hand_backward_equals_jax_grad(shape_axis, train, convention, seed, maybe_jit):
+    shape, axis = shape_axis
+    layer = batchnorm(convention=convention, axis=axis)
+    k = jax.random.split(jax.random.key(seed), 6)
+    params, state = layer.init(k[0], shape)
+    fshape = params["gamma"].shape
+    params = {"gamma": 1 + jax.random.normal(k[1], fshape), "beta": jax.random.normal(k[2], fshape)}
+    state = BatchNormState(
+        jax.random.normal(k[3], fshape),
+        jax.random.uniform(k[4], fshape, minval=0.5, maxval=2),
+        state.count,
+    )
+    x = 3 + 2 * jax.random.normal(k[5], shape)
+    dy = jax.random.normal(jax.random.key(seed + 1), shape)
+    y, new_state, backward = maybe_jit(lambda p, x: layer.vjp(p, state, x, train=train))(params, x)
+    y_ref, vjp_ref = jax.vjp(lambda p, x: layer.apply(p, state, x, train=train)[0], params, x)
+    assert norm_rel_err(y, y_ref) <= RTOL
+    assert norm_rel_err(backward(dy), vjp_ref(dy)) <= RTOL
+    if not train:  # eval leaves the statistics as they were
+        jax.tree.map(np.testing.assert_array_equal, new_state, state)
+
+
+def test_train_and_eval_semantics_and_init():
+    layer = batchnorm()
+    params, state = layer.init(jax.random.key(0), (4, 3))
+    np.testing.assert_array_equal(state.mean, 0.0)
+    np.testing.assert_array_equal(state.var, 1.0)
+    assert int(state.count) == 0 and set(params) == {"gamma", "beta"}
+    x = jnp.asarray([[1.0, 2.0, 3.0], [3.0, 6.0, 9.0], [5.0, 1.0, 0.0], [7.0, 3.0, 4.0]])
+    # Eval before any training step normalises with mean 0, var 1: y = x / sqrt(1 + eps).
+    y, same = layer.apply(params, state, x, train=False)
+    np.testing.assert_allclose(y, x / np.sqrt(1 + 1e-5), rtol=1e-15)
+    assert same is state
+    y, new = layer.apply(params, state, x, train=True)
+    mean, var = np.mean(np.asarray(x), 0), np.var(np.asarray(x), 0)
+    np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-5), rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(new.mean, 0.1 * mean, rtol=1e-15)
+    np.testing.assert_allclose(new.var, 0.9 + 0.1 * var * 4 / 3, rtol=1e-15)
+
+
+def test_running_variance_conventions_differ_as_documented():
+    x = jax.random.normal(jax.random.key(0), (5, 2)) * 3 + 1
+    var = np.var(np.asarray(x), 0)
+    _, s_torch = batchnorm().apply(*batchnorm().init(None, x.shape), x, train=True)
+    _, s_flax = batchnorm(convention="flax").apply(*batchnorm().init(None, x.shape), x, train=True)
+    bn_cum = batchnorm(convention="cumulative")
+    _, s_cum = bn_cum.apply(*bn_cum.init(None, x.shape), x, train=True)
+    np.testing.assert_allclose(s_torch.var, 0.9 + 0.1 * var * 5 / 4, rtol=1e-15)
+    np.testing.assert_allclose(s_flax.var, 0.99 + 0.01 * var, rtol=1e-15)
+    np.testing.assert_allclose(s_cum.var, var * 5 / 4, rtol=1e-15)  # first batch replaces init
+
+
+def test_vmap_normalises_each_batch_separately_and_grad_works():
+    layer = batchnorm()
+    params, state = layer.init(None, (6, 3))
+    xs = jax.random.normal(jax.random.key(1), (4, 6, 3)) * 2 + 5
+    ys, states = jax.vmap(lambda x: layer.apply(params, state, x, train=True))(xs)
+    for i in range(4):
+        y, s = layer.apply(params, state, xs[i], train=True)
+        np.testing.assert_allclose(ys[i], y, rtol=1e-14, atol=1e-14)
+        np.testing.assert_allclose(states.mean[i], s.mean, rtol=1e-14)
+    g = jax.grad(
+        lambda p: jnp.sum(
+            jax.vmap(lambda x: manual(layer).apply(p, state, x, train=True)[0])(xs) ** 3
+        )
+    )(params)
+    g_ref = jax.grad(
+        lambda p: jnp.sum(jax.vmap(lambda x: layer.apply(p, state, x, train=True)[0])(xs) ** 3)
+    )(params)
+    assert norm_rel_err(g, g_ref) <= RTOL
+
+
+def test_state_threads_through_mlp_and_train_step_and_optimizer_never_sees_it():
+    net = layers.mlp([8, 8, 3], "sigmoid", batchnorm=True)
+    params, state = net.init(jax.random.key(0), (16, 4))
+    assert list(state) == [
+        "dense_0",
+        "batchnorm_1",
+        "sigmoid_2",
+        "dense_3",
+        "batchnorm_4",
+        "sigmoid_5",
+        "dense_6",
+        "identity_7",
+    ]
+    assert isinstance(state["batchnorm_1"], BatchNormState)
+    assert all(not isinstance(p, BatchNormState) for p in params.values())
+    x = jax.random.normal(jax.random.key(1), (16, 4)) + 3
+    labels = jax.random.randint(jax.random.key(2), (16,), 0, 3)
+    opt = optax.adam(1e-2)
+    runs = {}
+    for mode in ["autodiff", "manual"]:
+        step = make_train_step(net, "softmax_cross_entropy_with_integer_labels", opt, grad=mode)
+        runs[mode] = fit_full_batch(
+            step, TrainState(params, state, opt.init(params)), x, labels, 30
+        )
+    final = runs["manual"][0]
+    assert int(final.state["batchnorm_1"].count) == 30
+    assert not np.allclose(final.state["batchnorm_4"].mean, 0.0)
+    # As in test_backprop: 30 Adam steps of lr 1e-2 move parameters by <= 30 * 1e-2 * 1e-10.
+    assert norm_rel_err(final.params, runs["autodiff"][0].params) <= 1e-9
+    assert norm_rel_err(final.state, runs["autodiff"][0].state) <= 1e-9
+    assert float(runs["manual"][1][-1]) < float(runs["manual"][1][0])
+
+
+def test_constant_feature_gives_finite_output_and_gradients():
+    layer = batchnorm()
+    params, state = layer.init(None, (4, 2))
+    x = jnp.asarray([[5.0, 1.0], [5.0, 2.0], [5.0, 3.0], [5.0, 4.0]])  # feature 0 has zero variance
+    y, new = layer.apply(params, state, x, train=True)
+    assert np.all(np.isfinite(y)) and np.all(np.isfinite(new.var))
+    np.testing.assert_array_equal(y[:, 0], 0.0)
+    for g in jax.tree.leaves(_grads(layer, params, state, x, jnp.ones_like(x) + x, True, "manual")):
+        assert np.all(np.isfinite(g))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_half_precision_statistics_in_float32(dtype):
+    layer = batchnorm(param_dtype=jnp.float32)
+    params, state = layer.init(None, (64, 2))
+    # Values whose variance float16 arithmetic would get badly wrong (mean 1000, std 0.5).
+    x32 = 1000 + 0.5 * jax.random.normal(jax.random.key(0), (64, 2), jnp.float32)
+    x = x32.astype(dtype)
+    y, new = layer.apply(params, state, x, train=True)
+    assert y.dtype == dtype and new.mean.dtype == jnp.float32
+    ref, ref_state = layer.apply(params, state, x.astype(jnp.float32), train=True)
+    # Same input values, statistics in float32 on both sides: the only difference is the final
+    # rounding of y to the half dtype, half an ulp of |y| <= 3: 2^-8 (bfloat16), 2^-11 (float16).
+    ulp = 2.0**-7 if dtype == jnp.bfloat16 else 2.0**-10
+    np.testing.assert_allclose(np.asarray(y, np.float32), ref, atol=3 * ulp / 2, rtol=0)
+    np.testing.assert_array_equal(new.var, ref_state.var)
+
+
+def test_bad_input_errors():
+    layer = batchnorm()
+    params, state = layer.init(None, (4, 3))
+    with pytest.raises(ValueError, match="more than one value per feature"):
+        layer.apply(params, state, jnp.ones((1, 3)), train=True)
+    layer.apply(params, state, jnp.ones((1, 3)), train=False)  # eval of one example is fine
+    with pytest.raises(ValueError, match=r"gamma has shape \(3,\).*feature shape \(5,\)"):
+        layer.apply(params, state, jnp.ones((4, 5)), train=True)
+    with pytest.raises(ValueError, match="eps must be a positive"):
+        batchnorm(eps=0.0)
+    with pytest.raises(ValueError, match="eps must be a positive"):
+        batchnorm(eps=-1e-5)
+    with pytest.raises(ValueError, match=r"weight of the NEW batch.*\(0, 1\]"):
+        batchnorm(momentum=0.99 + 0.02)
+    with pytest.raises(ValueError, match="weight of the NEW batch"):
+        batchnorm(momentum=0.0)
+    with pytest.raises(ValueError, match=r"weight of the OLD value.*\[0, 1\)"):
+        batchnorm(convention="flax", momentum=1.0)
+    with pytest.raises(ValueError, match="takes no momentum"):
+        batchnorm(convention="cumulative", momentum=0.1)
+    with pytest.raises(ValueError, match="convention must be one of"):
+        batchnorm(convention="keras")
+    with pytest.raises(ValueError, match="no axis to normalise over"):
+        layer.apply(params, state, jnp.ones(3), train=True)
+    with pytest.raises(ValueError, match="BatchNormState"):
+        layer.apply(params, {}, jnp.ones((4, 3)), train=True)
+    with pytest.raises(TypeError, match="floating-point"):
+        layer.apply(params, state, jnp.ones((4, 3), jnp.int32), train=True)
+    with pytest.raises(ValueError, match="mask must be a boolean"):
+        layer.apply(params, state, jnp.ones((4, 3)), train=True, mask=jnp.ones(4))
+
+
+def test_mask_excludes_padding_from_the_statistics():
+    layer = batchnorm()
+    params, state = layer.init(None, (6, 2))
+    x = jax.random.normal(jax.random.key(0), (6, 2)) * 2 + 1
+    mask = jnp.asarray([True, True, False, True, False, True])
+    y, s = layer.apply(params, state, x, train=True, mask=mask)
+    y_ref, s_ref = layer.apply(params, state, x[mask], train=True)
+    np.testing.assert_allclose(y[mask], y_ref, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(s.var, s_ref.var, rtol=1e-14)
+    g = jax.grad(lambda x: jnp.sum(manual_apply(layer, params, state, x, mask) ** 2))(x)
+    g_ref = jax.grad(
+        lambda x: jnp.sum(layer.apply(params, state, x, train=True, mask=mask)[0] ** 2)
+    )(x)
+    assert norm_rel_err(g, g_ref) <= RTOL
+
+
+def manual_apply(layer, params, state, x, mask):
+    y, _, _ = layer.vjp(params, state, x, train=True, mask=mask)
+    return y
+
+
+MULTI_DEVICE_SCRIPT = Path(__file__).parent / "multidevice_batchnorm.py"
+
+
+def test_multi_device_statistics_are_global_and_count_weighted():
+    # XLA_FLAGS must be set before JAX starts: a separate process with 4 simulated CPU devices.
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JAX_ENABLE_X64": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, str(MULTI_DEVICE_SCRIPT)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ALL CHECKS PASSED" in result.stdout
