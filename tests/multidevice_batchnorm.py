@@ -81,7 +81,7 @@ def main():
         y, new_state, _ = jax.jit(fn)(params, x, w, mask)
         close(y[mask], y_ref, f"shard_map {name}: outputs of the real rows")
         close(new_state, state_ref, f"shard_map {name}: running statistics")
-        g_params, g_x = jax.jit(jax.grad(lambda p, x: fn(p, x, w, mask)[2], argnums=(0, 1)))(
+        g_params, g_x = jax.jit(jax.grad(lambda p, x, fn=fn: fn(p, x, w, mask)[2], argnums=(0, 1)))(
             params, x
         )
         close(g_params, g_ref[0], f"shard_map {name}: d loss / d params")
