@@ -148,7 +148,8 @@ def batchnorm(
 
     The layer's ``apply`` and ``vjp`` take an extra keyword ``mask``: a boolean array of the
     reduced axes' shape (e.g. ``[batch]``) marking the examples that count in the statistics
-    (padding excluded); every example is still normalised.
+    (padding excluded); every example is still normalised. A mask that selects fewer than two
+    examples cannot be refused under ``jit``: the statistics then stay finite but say nothing.
 
     Raises:
       ValueError: unknown convention; ``eps <= 0``; momentum outside its convention's range.
@@ -231,6 +232,8 @@ def batchnorm(
             total = jnp.sum(xs * mf, axis=reduce, keepdims=True)
         if axis_name is not None:
             n, total = lax.psum((n, total), axis_name)
+        # A mask may select no example at all: keep that finite (the statistics then say nothing).
+        n = jnp.maximum(n, 1)
         mean = total / n
         d = xs - mean
         sq = d * d if m is None else d * d * m.astype(xs.dtype)
@@ -248,7 +251,7 @@ def batchnorm(
             new_var = momentum * state.var + (1 - momentum) * var
         else:
             n = lax.stop_gradient(n).astype(state.var.dtype)
-            unbiased = var * n / (n - 1)
+            unbiased = var * n / jnp.maximum(n - 1, 1)  # a 1-example mask: finite, not inf
             w = momentum if convention == "pytorch" else 1.0 / count.astype(state.mean.dtype)
             new_mean = (1 - w) * state.mean + w * mean
             new_var = (1 - w) * state.var + w * unbiased

@@ -273,6 +273,17 @@ def test_mask_excludes_padding_from_the_statistics():
     assert norm_rel_err(g, g_ref) <= RTOL
 
 
+def test_mask_selecting_too_few_examples_stays_finite():
+    layer = batchnorm()
+    params, state = layer.init(None, (3, 2))
+    x = jnp.ones((3, 2))
+    for mask in ([False, False, False], [False, True, False]):
+        y, s = jax.jit(lambda x, m: layer.apply(params, state, x, train=True, mask=m))(
+            x, jnp.asarray(mask)
+        )
+        assert np.all(np.isfinite(y)) and np.all(np.isfinite(s.mean)) and np.all(np.isfinite(s.var))
+
+
 def manual_apply(layer, params, state, x, mask):
     y, _, _ = layer.vjp(params, state, x, train=True, mask=mask)
     return y
