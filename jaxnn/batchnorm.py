@@ -1,7 +1,8 @@
 """BatchNorm as a stateful functional transform (Ioffe & Szegedy, 2015).
 
-A saturating activation loses the spread of its inputs: sigmoid maps 90 and 60 both to
-``1 - 1e-26`` and ``1 - 9e-40``, indistinguishable, and its derivative there is ~0, so no
+A saturating activation loses the spread of its inputs: sigmoid maps 60 and 90 to
+``1 - 8.8e-27`` and ``1 - 8.2e-40``: both round to 1.0 even in float64, and the derivative
+there is ~0 (exactly 0 in float32 at 90), so no
 gradient flows back. BatchNorm standardises each feature over the batch, then lets the network
 choose the scale and offset it wants with two learned parameters ``gamma`` and ``beta``::
 

@@ -22,7 +22,7 @@ __all__ = ["main"]
 
 # The experiments `jaxnn reproduce` runs, in order. Each is a script in experiments/ with a
 # main(out_dir) function.
-EXPERIMENTS = ("backprop_worked_example",)
+EXPERIMENTS = ("backprop_worked_example", "batchnorm_saturation", "batchnorm_ioffe_digits")
 
 
 def _experiments_dir(given: str | None) -> Path:
