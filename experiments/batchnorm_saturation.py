@@ -442,26 +442,25 @@ def plot(result: dict[str, Any], path: Path) -> None:
         v = np.abs(np.asarray(v, np.float64))
         return np.where(v > 0, v, FLOOR)
 
-    for r, dt, m in ((r64, "float64", "."), (r32, "float32", "x")):
-        c.plot(
-            x,
-            floor(r["d_raw"]),
-            m,
-            ms=3,
-            color="tab:red",
-            alpha=0.6,
-            label=f"sigmoid'(x), without BN ({dt})",
-        )
-        c.plot(
-            x,
-            floor(r["d_bn"]),
-            m,
-            ms=3,
-            color="tab:blue",
-            alpha=0.6,
-            label=f"sigmoid'(BN(x)), with BN ({dt})",
-        )
-    c.axhline(FLOOR, color="k", lw=0.8, ls=":", label=f"exact 0 (drawn at {FLOOR:g})")
+    def log_panel(ax, raw_key, bn_key, raw_label, bn_label, ylabel, title):
+        """Per-point values without (red) and with (blue) BN, both dtypes, exact 0 at FLOOR."""
+        for r, dt, m in ((r64, "float64", "."), (r32, "float32", "x")):
+            for key, color, label in (
+                (raw_key, "tab:red", raw_label),
+                (bn_key, "tab:blue", bn_label),
+            ):
+                ax.plot(x, floor(r[key]), m, ms=3, color=color, alpha=0.6, label=f"{label} ({dt})")
+        ax.axhline(FLOOR, color="k", lw=0.8, ls=":", label=f"exact 0 (drawn at {FLOOR:g})")
+        ax.set_yscale("log")
+        ax.set_xlabel("raw input x")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+
+    log_panel(
+        c, "d_raw", "d_bn", "sigmoid'(x), without BN", "sigmoid'(BN(x)), with BN",
+        "local derivative of the sigmoid (log scale)", "(c) sigmoid' at each sample point",
+    )  # fmt: skip
     c.axhline(
         float(np.finfo(np.float32).tiny),
         color="0.5",
@@ -469,39 +468,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ls="--",
         label="float32 smallest normal",
     )
-    c.set_yscale("log")
-    c.set_xlabel("raw input x")
-    c.set_ylabel("local derivative of the sigmoid (log scale)")
-    c.set_title("(c) sigmoid' at each sample point")
     c.legend(loc="lower left", fontsize=7)
-    c.grid(alpha=0.3)
-
-    for r, dt, m in ((r64, "float64", "."), (r32, "float32", "x")):
-        d.plot(
-            x,
-            floor(r["grad_raw_hand"]),
-            m,
-            ms=3,
-            color="tab:red",
-            alpha=0.6,
-            label=f"|dL/dx| without BN ({dt})",
-        )
-        d.plot(
-            x,
-            floor(r["grad_bn_hand"]),
-            m,
-            ms=3,
-            color="tab:blue",
-            alpha=0.6,
-            label=f"|dL/dx| with BN ({dt})",
-        )
-    d.axhline(FLOOR, color="k", lw=0.8, ls=":", label=f"exact 0 (drawn at {FLOOR:g})")
-    d.set_yscale("log")
-    d.set_xlabel("raw input x")
-    d.set_ylabel("|dL/dx| (log scale), hand-derived")
-    d.set_title("(d) gradient reaching x, L = Σ w σ(z), w ~ N(0, 1)")
+    log_panel(
+        d, "grad_raw_hand", "grad_bn_hand", "|dL/dx| without BN", "|dL/dx| with BN",
+        "|dL/dx| (log scale), hand-derived", "(d) gradient reaching x, L = Σ w σ(z), w ~ N(0, 1)",
+    )  # fmt: skip
     d.legend(loc="lower left", fontsize=7)
-    d.grid(alpha=0.3)
     fig.savefig(path, dpi=110)
 
 
