@@ -108,37 +108,11 @@ def _check_grad(name, wrap, pred, target):
     assert np.max(np.abs(g - g_ref)) <= RTOL * scale + floor, norm_rel_err(g, g_ref)
 
 
-# One test function per loss (hypothesis strategies depend on the loss).
-
-
-@given(data=loss_inputs("squared_error"))
-def test_grad_squared_error(maybe_jit, data):
-    _check_grad("squared_error", maybe_jit, *data)
-
-
-@given(data=loss_inputs("mean_squared_error"))
-def test_grad_mean_squared_error(maybe_jit, data):
-    _check_grad("mean_squared_error", maybe_jit, *data)
-
-
-@given(data=loss_inputs("softmax_cross_entropy"))
-def test_grad_softmax_cross_entropy(maybe_jit, data):
-    _check_grad("softmax_cross_entropy", maybe_jit, *data)
-
-
-@given(data=loss_inputs("softmax_cross_entropy_with_integer_labels"))
-def test_grad_softmax_cross_entropy_with_integer_labels(maybe_jit, data):
-    _check_grad("softmax_cross_entropy_with_integer_labels", maybe_jit, *data)
-
-
-@given(data=loss_inputs("binary_cross_entropy_with_logits"))
-def test_grad_binary_cross_entropy_with_logits(maybe_jit, data):
-    _check_grad("binary_cross_entropy_with_logits", maybe_jit, *data)
-
-
-def test_every_loss_has_a_gradient_test():
-    tested = {n.removeprefix("test_grad_") for n in globals() if n.startswith("test_grad_")}
-    assert tested == set(L.LOSSES)
+@pytest.mark.parametrize("name", sorted(L.LOSSES))
+@given(data=st.data())
+def test_grad_matches_autodiff(name, maybe_jit, data):
+    # The inputs are drawn inside the test: their strategy depends on the loss.
+    _check_grad(name, maybe_jit, *data.draw(loss_inputs(name)))
 
 
 def test_bce_autodiff_at_zero_logit():
