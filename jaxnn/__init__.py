@@ -1,26 +1,34 @@
 """jaxnn: the fundamentals of training neural networks in JAX, every gradient derived by hand
 and proven equal to ``jax.grad``.
 
-Importing jaxnn registers every component's hand-derived gradient with the checker
-(``jaxnn gradcheck`` audits them all).
+Importing jaxnn has no side effects: the gradient audit is the explicit list in
+:mod:`jaxnn.audit` (``jaxnn gradcheck`` runs it).
 """
 
 from jaxnn import activations as activations
 from jaxnn import backprop as backprop
 from jaxnn import batchnorm as batchnorm
+from jaxnn import combinators as combinators
 from jaxnn import gradcheck as gradcheck
+from jaxnn import initializers as initializers
 from jaxnn import layers as layers
 from jaxnn import losses as losses
+from jaxnn import regularization as regularization
 from jaxnn import train as train
+from jaxnn._typing import Layer as Layer
+from jaxnn._typing import bind_backward as bind_backward
 from jaxnn.backprop import manual as manual
 from jaxnn.backprop import value_and_grad as value_and_grad
 from jaxnn.batchnorm import BatchNormState as BatchNormState
+from jaxnn.combinators import intermediates as intermediates
+from jaxnn.combinators import mlp as mlp
+from jaxnn.combinators import serial as serial
 from jaxnn.gradcheck import GradientMismatchError as GradientMismatchError
 from jaxnn.gradcheck import check_gradients as check_gradients
-from jaxnn.layers import Layer as Layer
 from jaxnn.layers import activation as activation
 from jaxnn.layers import dense as dense
-from jaxnn.layers import mlp as mlp
-from jaxnn.layers import serial as serial
+from jaxnn.layers import dropout as dropout
+from jaxnn.regularization import l1 as l1
+from jaxnn.regularization import l2 as l2
 
 __version__ = "0.1.0"

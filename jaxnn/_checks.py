@@ -56,8 +56,31 @@ def ensure_positive(value: Any, name: str) -> None:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
 
 
-def unknown_name(kind: str, name: str, known: list[str]) -> ValueError:
+def ensure_nonnegative(value: Any, name: str) -> float:
+    """Validate a finite scalar hyperparameter ``>= 0`` (a Python or NumPy number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"{name} must be a number >= 0, got {type(value).__name__} {value!r}.")
+    v = float(value)
+    if not (v >= 0 and math.isfinite(v)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+    return v
+
+
+def ensure_input_shape(input_shape: Any, who: str) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of non-negative ints (leading batch axes included)."""
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        shape = None
+    if shape is None or not all(isinstance(d, int | np.integer) and d >= 0 for d in shape):
+        raise TypeError(
+            f"{who}: input_shape must be a tuple of ints including the batch axis, e.g. "
+            f"(batch, features) = (32, 784), got {input_shape!r}."
+        )
+    return tuple(int(d) for d in shape)
+
+
+def unknown_name(kind: str, name: str, known: list[str], plural: str | None = None) -> ValueError:
     return ValueError(
-        f"unknown {kind} {name!r}. Known {kind}s: {', '.join(sorted(known))}. "
-        f"Pass one of these names, or a callable."
+        f"unknown {kind} {name!r}. Known {plural or kind + 's'}: {', '.join(sorted(known))}."
     )

@@ -6,9 +6,10 @@ Two ways to take the gradient of a loss through a network, which give the same n
   forward runs each layer's ``vjp`` and keeps its ``backward``; the loss's hand-derived
   gradient gives ``dL/dy``; the ``backward``s run in reverse (inside ``serial``). No
   ``jax.grad`` anywhere.
-* :func:`manual` — wraps a layer (and :func:`manual_loss` a loss) in ``jax.custom_vjp``
-  whose backward *is* the hand-derived one, so that ``jax.grad`` of any function of the
-  network (regularised losses, optax pipelines, ``vmap``) runs on the hand-derived rules.
+* :func:`manual` — wraps a layer (and :func:`manual_loss` a loss, :func:`manual_penalty` a
+  penalty) in ``jax.custom_vjp`` whose backward *is* the hand-derived one, so that
+  ``jax.grad`` of any function of the network (regularised losses, optax pipelines,
+  ``vmap``) runs on the hand-derived rules.
 
 :func:`value_and_grad` is where the library takes gradients; its ``grad="autodiff"`` or
 ``grad="manual"`` chooses between ``jax.grad`` of the plain forward and the hand-derived rules.
@@ -22,15 +23,23 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from jaxnn import gradcheck
 from jaxnn import losses as _losses
-from jaxnn._typing import Array, ArrayLike, Grads, Params, PRNGKey, State
-from jaxnn.layers import Layer, mlp
+from jaxnn._typing import Array, ArrayLike, Grads, Layer, Params, PRNGKey, State
+from jaxnn.regularization import Penalty
 
-__all__ = ["GRAD_MODES", "backprop", "manual", "manual_loss", "value_and_grad"]
+__all__ = ["GRAD_MODES", "backprop", "manual", "manual_loss", "manual_penalty", "value_and_grad"]
 
 GradMode = Literal["autodiff", "manual"]
 GRAD_MODES = ("autodiff", "manual")
+
+
+def _check_penalty(penalty: Any) -> None:
+    if penalty is not None and not isinstance(penalty, Penalty):
+        raise TypeError(
+            f"penalty must be a jaxnn Penalty (jaxnn.regularization.l2(scale), l1(scale), or "
+            f"combine(...)), got {type(penalty).__name__}: the manual path needs its hand "
+            f"gradient."
+        )
 
 
 def backprop(
@@ -41,8 +50,10 @@ def backprop(
     x: ArrayLike,
     targets: ArrayLike,
     *,
-    train: bool = True,
+    train: bool,
     key: PRNGKey | None = None,
+    penalty: Penalty | None = None,
+    **keywords: Any,
 ) -> tuple[Array, Grads, State]:
     """Loss and its gradient w.r.t. ``params`` by manual reverse-mode differentiation.
 
@@ -51,21 +62,27 @@ def backprop(
         y, new_state, backward = layer.vjp(params, state, x)   # forward, keeping residuals
         L = loss(y, targets);  dy = ∂L/∂y                        # loss and its hand gradient
         grads, dx = backward(dy)                                 # every layer, in reverse
+        L, grads += P(params), ∂P/∂params                        # a penalty, if any
 
     Args:
-      layer: the network (any :class:`~jaxnn.layers.Layer`, e.g. ``mlp``/``serial``).
+      layer: the network (any :class:`~jaxnn.Layer`, e.g. ``mlp``/``serial``).
       loss: a loss name or :class:`~jaxnn.losses.Loss`.
       params, state: the network's params and state.
       x: inputs ``[batch, ...]``; targets: what the loss compares ``y`` with.
-      train, key: passed to the layer.
+      train, key, keywords: passed to the layer (``keywords``: e.g. BatchNorm's ``mask``).
+      penalty: optional :class:`~jaxnn.regularization.Penalty` added to the loss.
 
     Returns:
       ``(loss_value, grads, new_state)``; ``grads`` has the structure of ``params``.
     """
     loss = _losses.get(loss)
-    y, new_state, backward = layer.vjp(params, state, x, train=train, key=key)
+    _check_penalty(penalty)
+    y, new_state, backward = layer.vjp(params, state, x, train=train, key=key, **keywords)
     value = loss.fn(y, targets)
     grads, _dx = backward(loss.grad(y, targets))
+    if penalty is not None:
+        value = value + penalty.fn(params)
+        grads = jax.tree.map(jnp.add, grads, penalty.grad(params))
     return value, grads, new_state
 
 
@@ -74,17 +91,17 @@ def manual(layer: Layer) -> Layer:
 
     ``apply`` is wrapped in ``jax.custom_vjp``: the custom forward runs ``layer.vjp`` and
     keeps its ``backward`` (a ``jax.tree_util.Partial`` pytree) as the residual; the custom
-    backward calls it. State, key and any layer-specific keyword arrays (BatchNorm's ``mask``)
-    get no cotangent: they are not differentiable.
+    backward calls it. State, key and the layer's keyword arrays (BatchNorm's ``mask``) get no
+    cotangent: they are not differentiable.
     """
 
     def make(train: bool) -> Callable[..., tuple[Array, State]]:
         @jax.custom_vjp
-        def f(params: Params, state: State, x: Array, key: PRNGKey | None, extras: dict):
-            return layer.apply(params, state, x, train=train, key=key, **extras)
+        def f(params: Params, state: State, x: Array, key: PRNGKey | None, keywords: dict):
+            return layer.apply(params, state, x, train=train, key=key, **keywords)
 
-        def fwd(params: Params, state: State, x: Array, key: PRNGKey | None, extras: dict):
-            y, new_state, backward = layer.vjp(params, state, x, train=train, key=key, **extras)
+        def fwd(params: Params, state: State, x: Array, key: PRNGKey | None, keywords: dict):
+            y, new_state, backward = layer.vjp(params, state, x, train=train, key=key, **keywords)
             return (y, new_state), backward
 
         def bwd(backward: Callable[[Array], tuple[Params, Array]], cotangents: Any):
@@ -102,13 +119,13 @@ def manual(layer: Layer) -> Layer:
         state: State,
         x: ArrayLike,
         *,
-        train: bool = False,
+        train: bool,
         key: PRNGKey | None = None,
-        **extras: Any,
+        **keywords: Any,
     ):
-        return by_mode[bool(train)](params, state, jnp.asarray(x), key, extras)
+        return by_mode[bool(train)](params, state, jnp.asarray(x), key, keywords)
 
-    return Layer(layer.name, layer.init, apply, layer.vjp)
+    return layer._replace(apply=apply)
 
 
 def manual_loss(loss: str | _losses.Loss) -> _losses.Loss:
@@ -133,12 +150,30 @@ def manual_loss(loss: str | _losses.Loss) -> _losses.Loss:
     return _losses.Loss(loss.name, fn, loss.grad)
 
 
+def manual_penalty(penalty: Penalty) -> Penalty:
+    """The same penalty, but ``jax.grad`` runs its hand-derived gradient."""
+    _check_penalty(penalty)
+
+    @jax.custom_vjp
+    def fn(params: Params) -> Array:
+        return penalty.fn(params)
+
+    def fwd(params: Params):
+        return penalty.fn(params), params
+
+    def bwd(params: Params, dvalue: Array):
+        return (jax.tree.map(lambda g: dvalue * g, penalty.grad(params)),)
+
+    fn.defvjp(fwd, bwd)
+    return Penalty(penalty.name, fn, penalty.grad)
+
+
 def value_and_grad(
     layer: Layer,
     loss: str | _losses.Loss,
     *,
     grad: GradMode = "autodiff",
-    penalty: Callable[[Params], Array] | None = None,
+    penalty: Penalty | None = None,
 ) -> Callable[..., tuple[tuple[Array, State], Grads]]:
     """A function computing the loss, the new state and the gradient w.r.t. params.
 
@@ -147,10 +182,12 @@ def value_and_grad(
       loss: a loss name or :class:`~jaxnn.losses.Loss`.
       grad: ``"autodiff"`` (``jax.grad`` of the forward) or ``"manual"`` (``jax.grad`` running
         the hand-derived rules through ``jax.custom_vjp``). Both give the same numbers.
-      penalty: optional ``penalty(params) -> scalar`` added to the loss (a regulariser).
+      penalty: optional :class:`~jaxnn.regularization.Penalty` added to the loss (its value is
+        part of the returned loss).
 
     Returns:
-      ``fn(params, state, x, targets, *, train=True, key=None) -> ((loss, new_state), grads)``.
+      ``fn(params, state, x, targets, *, train, key=None, **keywords) -> ((loss, new_state),
+      grads)``; ``keywords`` (e.g. BatchNorm's ``mask``) go to the layer.
 
     Raises:
       ValueError: ``grad`` is not one of ``"autodiff"``, ``"manual"``.
@@ -158,16 +195,16 @@ def value_and_grad(
     if grad not in GRAD_MODES:
         raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}.")
     loss = _losses.get(loss)
+    _check_penalty(penalty)
     if grad == "manual":
         layer, loss = manual(layer), manual_loss(loss)
+        penalty = None if penalty is None else manual_penalty(penalty)
 
-    def objective(
-        params: Params, state: State, x: ArrayLike, targets: ArrayLike, train: bool, key: Any
-    ):
-        y, new_state = layer.apply(params, state, x, train=train, key=key)
+    def objective(params, state, x, targets, train, key, keywords):
+        y, new_state = layer.apply(params, state, x, train=train, key=key, **keywords)
         value = loss.fn(y, targets)
         if penalty is not None:
-            value = value + penalty(params)
+            value = value + penalty.fn(params)
         return value, new_state
 
     vg = jax.value_and_grad(objective, has_aux=True)
@@ -178,46 +215,10 @@ def value_and_grad(
         x: ArrayLike,
         targets: ArrayLike,
         *,
-        train: bool = True,
+        train: bool,
         key: PRNGKey | None = None,
+        **keywords: Any,
     ):
-        return vg(params, state, x, targets, train, key)
+        return vg(params, state, x, targets, train, key, keywords)
 
     return fn
-
-
-# ----------------------------------------------------------------------------- gradcheck
-
-
-def _network_case(mode: str) -> Callable[[PRNGKey], gradcheck.GradCase]:
-    """A random MLP under a loss: autodiff vs the explicit loop, or vs the custom_vjp path."""
-
-    def make(key: PRNGKey) -> gradcheck.GradCase:
-        k_shape, k_init, k_x, k_t = jax.random.split(key, 4)
-        batch, n_in, hidden, n_out = (int(s) for s in jax.random.randint(k_shape, (4,), 1, 6))
-        net = mlp([hidden, hidden, n_out], "tanh", b_init="glorot_normal", param_dtype=jnp.float64)
-        params, state = net.init(k_init, (batch, n_in))
-        x = jax.random.normal(k_x, (batch, n_in), jnp.float64)
-        targets = jax.random.normal(k_t, (batch, n_out), jnp.float64)
-
-        def f(params: Params) -> Array:
-            return _losses.mean_squared_error(net.apply(params, state, x)[0], targets)
-
-        if mode == "loop":
-
-            def grad_fn(params: Params) -> Grads:
-                return backprop(net, "mean_squared_error", params, state, x, targets)[1]
-
-        else:
-            vg = value_and_grad(net, "mean_squared_error", grad="manual")
-
-            def grad_fn(params: Params) -> Grads:
-                return vg(params, state, x, targets)[1]
-
-        return gradcheck.GradCase(f, (params,), grad_fn, 0, f"mlp x({batch}, {n_in})")
-
-    return make
-
-
-gradcheck.register("backprop.loop", _network_case("loop"))
-gradcheck.register("backprop.custom_vjp", _network_case("custom_vjp"))

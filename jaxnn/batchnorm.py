@@ -2,9 +2,9 @@
 
 A saturating activation loses the spread of its inputs: sigmoid maps 60 and 90 to
 ``1 - 8.8e-27`` and ``1 - 8.2e-40``: both round to 1.0 even in float64, and the derivative
-there is ~0 (exactly 0 in float32 at 90), so no
-gradient flows back. BatchNorm standardises each feature over the batch, then lets the network
-choose the scale and offset it wants with two learned parameters ``gamma`` and ``beta``::
+there is ~0 (exactly 0 in float32 at 90), so no gradient flows back. BatchNorm standardises
+each feature over the batch, then lets the network choose the scale and offset it wants with
+two learned parameters ``gamma`` and ``beta``::
 
     mean = (1/N) Σ x                 var = (1/N) Σ (x - mean)²      (biased, over the batch)
     x̂ = (x - mean) / √(var + eps)    y = gamma · x̂ + beta
@@ -57,6 +57,10 @@ reduction already spans the global batch.
 **Precision.** Statistics are computed in at least float32 (float16/bfloat16 input is promoted
 for them), with the two-pass variance ``mean((x - mean)²)``, never ``E[x²] - E[x]²`` (which can
 go negative and give NaN). The output has the input's dtype.
+
+The module is a handful of pure functions — :func:`batch_statistics`, :func:`normalize`,
+:func:`update_running`, the two backwards — and :func:`batchnorm`, which binds a
+configuration to them as a :class:`~jaxnn.Layer`.
 """
 
 from __future__ import annotations
@@ -68,14 +72,19 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.tree_util import Partial
 
-from jaxnn import gradcheck
-from jaxnn._checks import ensure_float, ensure_positive
-from jaxnn._typing import Array, ArrayLike, Params, PRNGKey, Shape
-from jaxnn.layers import Layer, _default_float, layer_case, mlp
+from jaxnn._checks import ensure_float, ensure_input_shape, ensure_positive
+from jaxnn._typing import Array, ArrayLike, Layer, Params, PRNGKey, Shape, bind_backward
+from jaxnn.layers import default_float
 
-__all__ = ["CONVENTIONS", "BatchNormState", "batchnorm"]
+__all__ = [
+    "CONVENTIONS",
+    "BatchNormState",
+    "batch_statistics",
+    "batchnorm",
+    "normalize",
+    "update_running",
+]
 
 CONVENTIONS = ("pytorch", "flax", "cumulative")
 _DEFAULT_MOMENTUM = {"pytorch": 0.1, "flax": 0.99, "cumulative": None}
@@ -87,6 +96,169 @@ class BatchNormState(NamedTuple):
     mean: Array  # [*features] running mean
     var: Array  # [*features] running variance (unbiased: pytorch, cumulative; biased: flax)
     count: Array  # [] int32, training steps folded into the running statistics
+
+
+class _Residuals(NamedTuple):
+    """What the hand backward needs, saved by the forward (statistics dtype)."""
+
+    xhat: Array  # [*x.shape] normalised input
+    inv_std: Array  # [*bshape] 1 / √(var + eps); bshape: x's rank, 1 on the reduced axes
+    gamma: Array  # [*bshape]
+    count: Array | None  # [] values per feature in the batch statistics (train only)
+    mask: Array | None  # [*bshape-like] bool, the examples in the statistics (train, masked)
+
+
+class _Config(NamedTuple):
+    """A BatchNorm layer's static configuration."""
+
+    name: str
+    convention: str
+    momentum: float | None
+    eps: float
+    axes: tuple[int, ...]  # the feature axes as given (may be negative)
+    axis_name: str | None
+    param_dtype: Any
+
+
+# ----------------------------------------------------------------------------- the math
+
+
+def batch_statistics(
+    x: Array, reduce: tuple[int, ...], mask: Array | None = None, axis_name: str | None = None
+) -> tuple[Array, Array, Array]:
+    """Count, mean and biased variance over the ``reduce`` axes (kept as size-1 axes).
+
+    Two passes: ``mean = Σ x / n``, then ``var = Σ (x - mean)² / n``. With ``mask`` (broadcast
+    against ``x``), only the selected elements count. With ``axis_name``, counts and sums are
+    ``psum``-ed over the mapped axis, so the statistics are those of the global batch, each
+    device weighted by its count. A count of 0 (an all-false mask) is taken as 1 to stay
+    finite; the statistics then say nothing.
+    """
+    if mask is None:
+        n = jnp.asarray(math.prod(x.shape[a] for a in reduce), x.dtype)
+        total = jnp.sum(x, axis=reduce, keepdims=True)
+    else:
+        weights = mask.astype(x.dtype)
+        n = jnp.sum(weights)
+        total = jnp.sum(x * weights, axis=reduce, keepdims=True)
+    if axis_name is not None:
+        n, total = lax.psum((n, total), axis_name)
+    n = jnp.maximum(n, 1)
+    mean = total / n
+    d = x - mean
+    sq = d * d if mask is None else d * d * mask.astype(x.dtype)
+    var = jnp.sum(sq, axis=reduce, keepdims=True)
+    if axis_name is not None:
+        var = lax.psum(var, axis_name)
+    return n, mean, var / n
+
+
+def normalize(
+    x: Array, mean: Array, var: Array, gamma: Array, beta: Array, eps: float
+) -> tuple[Array, Array, Array]:
+    """``y = gamma · x̂ + beta`` with ``x̂ = (x - mean) / √(var + eps)``; returns ``(y, x̂, s)``."""
+    inv_std = lax.rsqrt(var + jnp.asarray(eps, var.dtype))
+    xhat = (x - mean) * inv_std
+    return gamma * xhat + beta, xhat, inv_std
+
+
+def update_running(
+    state: BatchNormState,
+    n: Array,
+    mean: Array,
+    var: Array,
+    convention: str,
+    momentum: float | None,
+) -> BatchNormState:
+    """The running statistics after one training step, per ``convention`` (module docstring).
+
+    ``mean`` and ``var`` are the batch's (biased ``var``) with the running statistics' shape;
+    the update is not differentiated.
+    """
+    mean = lax.stop_gradient(mean).astype(state.mean.dtype)
+    var = lax.stop_gradient(var).astype(state.var.dtype)
+    count = state.count + 1
+    if convention == "flax":
+        new_mean = momentum * state.mean + (1 - momentum) * mean
+        new_var = momentum * state.var + (1 - momentum) * var
+    else:
+        n = lax.stop_gradient(n).astype(state.var.dtype)
+        unbiased = var * n / jnp.maximum(n - 1, 1)  # a 1-example mask: finite, not inf
+        w = momentum if convention == "pytorch" else 1.0 / count.astype(state.mean.dtype)
+        new_mean = (1 - w) * state.mean + w * mean
+        new_var = (1 - w) * state.var + w * unbiased
+    return BatchNormState(new_mean, new_var, count)
+
+
+def _varies(a: Array, axis_name: str) -> bool:
+    """Whether ``a`` holds per-device values along ``axis_name`` (shard_map's varying type).
+
+    JAX 0.10 records it as ``aval.manual_axis_type.varying``, earlier releases as ``aval.vma``;
+    without either (no type tracking), values are per-device.
+    """
+    aval = jax.typeof(a)
+    manual_axis_type = getattr(aval, "manual_axis_type", None)
+    if manual_axis_type is not None:
+        return axis_name in manual_axis_type.varying
+    vma = getattr(aval, "vma", None)
+    return True if vma is None else axis_name in vma
+
+
+def _param_grads(dgamma: Array, dbeta: Array, feature_shape: tuple[int, ...], pdtype: Any):
+    return {
+        "gamma": dgamma.reshape(feature_shape).astype(pdtype),
+        "beta": dbeta.reshape(feature_shape).astype(pdtype),
+    }
+
+
+def _train_backward(
+    res: _Residuals,
+    dy: Array,
+    *,
+    reduce: tuple[int, ...],
+    feature_shape: tuple[int, ...],
+    pdtype: Any,
+    axis_name: str | None,
+) -> tuple[Params, Array]:
+    """``dx = gamma s (dy - (Σ dy + x̂ Σ dy x̂) / N)``; ``dgamma = Σ dy x̂``; ``dbeta = Σ dy``."""
+    dyf = dy.astype(res.xhat.dtype)
+    dbeta = jnp.sum(dyf, axis=reduce, keepdims=True)  # this device's share
+    dgamma = jnp.sum(dyf * res.xhat, axis=reduce, keepdims=True)
+    sum_dy, sum_dy_xhat = dbeta, dgamma
+    if axis_name is not None:
+        sum_dy, sum_dy_xhat = lax.psum((dbeta, dgamma), axis_name)
+        if not _varies(res.gamma, axis_name):
+            # Params replicated over the mapped axis (shard_map in_specs P()): their cotangent
+            # is the sum of every device's share, as autodiff's transpose of the implicit
+            # broadcast gives.
+            dbeta, dgamma = sum_dy, sum_dy_xhat
+    correction = (sum_dy + res.xhat * sum_dy_xhat) / res.count
+    if res.mask is not None:
+        correction = correction * res.mask.astype(res.xhat.dtype)  # padding is not in the stats
+    dx = res.gamma * res.inv_std * (dyf - correction)
+    return _param_grads(dgamma, dbeta, feature_shape, pdtype), dx.astype(dy.dtype)
+
+
+def _eval_backward(
+    res: _Residuals,
+    dy: Array,
+    *,
+    reduce: tuple[int, ...],
+    feature_shape: tuple[int, ...],
+    pdtype: Any,
+    axis_name: str | None,
+) -> tuple[Params, Array]:
+    """Constant statistics: ``dx = gamma s dy``; ``dgamma = Σ dy x̂``; ``dbeta = Σ dy``."""
+    dyf = dy.astype(res.xhat.dtype)
+    dgamma = jnp.sum(dyf * res.xhat, axis=reduce)
+    dbeta = jnp.sum(dyf, axis=reduce)
+    if axis_name is not None and not _varies(res.gamma, axis_name):
+        dgamma, dbeta = lax.psum((dgamma, dbeta), axis_name)  # replicated params
+    dx = res.gamma * res.inv_std * dyf
+    return _param_grads(dgamma, dbeta, feature_shape, pdtype), dx.astype(dy.dtype)
+
+
+# ----------------------------------------------------------------------------- checks
 
 
 def _check_momentum(convention: str, momentum: float | None) -> float | None:
@@ -118,8 +290,97 @@ def _check_momentum(convention: str, momentum: float | None) -> float | None:
     return m
 
 
-def _stat_dtype(dtype: Any) -> Any:
-    return jnp.promote_types(dtype, jnp.float32)
+def _layout(cfg: _Config, ndim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The feature axes and the reduced axes of an input of rank ``ndim``."""
+    feat = tuple(sorted(a % ndim if -ndim <= a < ndim else a for a in cfg.axes))
+    if any(not 0 <= a < ndim for a in feat) or len(set(feat)) != len(feat):
+        raise ValueError(f"{cfg.name}: feature axes {cfg.axes} do not fit an input of rank {ndim}.")
+    reduce = tuple(a for a in range(ndim) if a not in feat)
+    if not reduce:
+        raise ValueError(
+            f"{cfg.name}: an input of rank {ndim} with feature axes {feat} leaves no axis to "
+            f"normalise over. BatchNorm needs a batch axis: pass x of shape [batch, ...]."
+        )
+    return feat, reduce
+
+
+def _check_inputs(cfg: _Config, params: Params, state: Any, x: Array, feat: tuple[int, ...]):
+    if not isinstance(params, dict) or set(params) != {"gamma", "beta"}:
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(
+            f"{cfg.name}: params must be a dict with keys ['beta', 'gamma'], got {got}. Use the "
+            f"params that this layer's init returned."
+        )
+    if not isinstance(state, BatchNormState):
+        raise ValueError(
+            f"{cfg.name}: state must be the BatchNormState that init returned (running mean, "
+            f"var, count), got {type(state).__name__}. Thread the state returned by each apply "
+            f"into the next call."
+        )
+    shape = tuple(x.shape[a] for a in feat)
+    for what, arr in (("gamma", params["gamma"]), ("beta", params["beta"]), ("running mean", state.mean), ("running var", state.var)):  # fmt: skip
+        if tuple(jnp.shape(arr)) != shape:
+            raise ValueError(
+                f"{cfg.name}: {what} has shape {tuple(jnp.shape(arr))} but the input has feature "
+                f"shape {shape} (x.shape={x.shape}, feature axes {feat}). The layer was "
+                f"initialised for another feature size."
+            )
+
+
+def _check_mask(cfg: _Config, mask: ArrayLike, x: Array, feat, reduce) -> Array:
+    mask = jnp.asarray(mask)
+    rshape = tuple(x.shape[a] for a in reduce)
+    if mask.shape != rshape or mask.dtype != jnp.bool_:
+        raise ValueError(
+            f"{cfg.name}: mask must be a boolean array of the reduced axes' shape {rshape}, got "
+            f"{mask.dtype}{list(mask.shape)}."
+        )
+    return jnp.expand_dims(mask, feat)  # broadcastable against x
+
+
+# ----------------------------------------------------------------------------- the layer
+
+
+def _forward(
+    cfg: _Config, params: Params, state: Any, x: ArrayLike, train: bool, mask: ArrayLike | None
+) -> tuple[Array, Any, _Residuals, dict[str, Any]]:
+    """``(y, new_state, residuals, static)``: one forward pass, train or eval."""
+    x = ensure_float(x, "x")
+    feat, reduce = _layout(cfg, x.ndim)
+    _check_inputs(cfg, params, state, x, feat)
+    m = None if mask is None else _check_mask(cfg, mask, x, feat, reduce)
+    sd = jnp.promote_types(x.dtype, jnp.float32)  # statistics in at least float32
+    bshape = tuple(x.shape[a] if a in feat else 1 for a in range(x.ndim))
+    feature_shape = tuple(x.shape[a] for a in feat)
+    xs = x.astype(sd)
+    gamma = params["gamma"].astype(sd).reshape(bshape)
+    beta = params["beta"].astype(sd).reshape(bshape)
+    if train:
+        local_n = math.prod(x.shape[a] for a in reduce)
+        if local_n == 1 and cfg.axis_name is None and m is None:
+            raise ValueError(
+                f"{cfg.name}: train mode needs more than one value per feature to estimate a "
+                f"variance, got x.shape={x.shape} ({local_n} value per feature). Use a batch of "
+                f"at least 2, or train=False to normalise with the running statistics."
+            )
+        n, mean, var = batch_statistics(xs, reduce, m, cfg.axis_name)
+        new_state = update_running(
+            state, n, mean.reshape(feature_shape), var.reshape(feature_shape),
+            cfg.convention, cfg.momentum,
+        )  # fmt: skip
+    else:
+        n, new_state = None, state
+        mean = state.mean.astype(sd).reshape(bshape)
+        var = state.var.astype(sd).reshape(bshape)
+    y, xhat, inv_std = normalize(xs, mean, var, gamma, beta, cfg.eps)
+    static = {
+        "reduce": reduce,
+        "feature_shape": feature_shape,
+        "pdtype": jnp.dtype(params["gamma"].dtype),
+        "axis_name": cfg.axis_name,
+    }
+    res = _Residuals(xhat, inv_std, gamma, n, m if train else None)
+    return y.astype(x.dtype), new_state, res, static
 
 
 def batchnorm(
@@ -157,278 +418,32 @@ def batchnorm(
     """
     momentum = _check_momentum(convention, momentum)
     ensure_positive(eps, "eps")
-    feature_axes_arg = (axis,) if isinstance(axis, int) else tuple(axis)
-    if not feature_axes_arg:
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    if not axes:
         raise ValueError("batchnorm: axis must name at least one feature axis.")
+    cfg = _Config(name, convention, momentum, float(eps), axes, axis_name, param_dtype)
 
-    def _axes(ndim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        feat = tuple(sorted(a % ndim if -ndim <= a < ndim else a for a in feature_axes_arg))
-        if any(not 0 <= a < ndim for a in feat) or len(set(feat)) != len(feat):
-            raise ValueError(
-                f"{name}: feature axes {feature_axes_arg} do not fit an input of rank {ndim}."
-            )
-        reduce = tuple(a for a in range(ndim) if a not in feat)
-        if not reduce:
-            raise ValueError(
-                f"{name}: an input of rank {ndim} with feature axes {feat} leaves no axis to "
-                f"normalise over. BatchNorm needs a batch axis: pass x of shape [batch, ...]."
-            )
-        return feat, reduce
-
-    def init(key: PRNGKey, input_shape: Shape) -> tuple[Params, BatchNormState]:
+    def init(key: PRNGKey | None, input_shape: Shape) -> tuple[Params, BatchNormState]:
         del key
-        feat, _ = _axes(len(input_shape))
-        shape = tuple(int(input_shape[a]) for a in feat)
-        dtype = param_dtype or _default_float()
-        params = {"gamma": jnp.ones(shape, dtype), "beta": jnp.zeros(shape, dtype)}
+        shape = ensure_input_shape(input_shape, name)
+        feat, _ = _layout(cfg, len(shape))
+        fshape = tuple(shape[a] for a in feat)
+        dtype = param_dtype or default_float()
+        params = {"gamma": jnp.ones(fshape, dtype), "beta": jnp.zeros(fshape, dtype)}
         state = BatchNormState(
-            jnp.zeros(shape, dtype), jnp.ones(shape, dtype), jnp.zeros((), jnp.int32)
+            jnp.zeros(fshape, dtype), jnp.ones(fshape, dtype), jnp.zeros((), jnp.int32)
         )
         return params, state
 
-    def _prepare(params: Params, state: Any, x: ArrayLike, mask: ArrayLike | None):
-        x = ensure_float(x, "x")
-        feat, reduce = _axes(x.ndim)
-        shape = tuple(x.shape[a] for a in feat)
-        if not isinstance(params, dict) or set(params) != {"gamma", "beta"}:
-            got = sorted(params) if isinstance(params, dict) else type(params).__name__
-            raise ValueError(
-                f"{name}: params must be a dict with keys ['beta', 'gamma'], got {got}. Use "
-                f"the params that this layer's init returned."
-            )
-        if not isinstance(state, BatchNormState):
-            raise ValueError(
-                f"{name}: state must be the BatchNormState that init returned (running mean, "
-                f"var, count), got {type(state).__name__}. Thread the state returned by each "
-                f"apply into the next call."
-            )
-        for what, arr in (("gamma", params["gamma"]), ("beta", params["beta"]), ("running mean", state.mean), ("running var", state.var)):  # fmt: skip
-            if tuple(jnp.shape(arr)) != shape:
-                raise ValueError(
-                    f"{name}: {what} has shape {tuple(jnp.shape(arr))} but the input has feature "
-                    f"shape {shape} (x.shape={x.shape}, feature axes {feat}). The layer was "
-                    f"initialised for another feature size."
-                )
-        bshape = tuple(x.shape[a] if a in feat else 1 for a in range(x.ndim))
-        m = None
-        if mask is not None:
-            mask = jnp.asarray(mask)
-            rshape = tuple(x.shape[a] for a in reduce)
-            if mask.shape != rshape or mask.dtype != jnp.bool_:
-                raise ValueError(
-                    f"{name}: mask must be a boolean array of the reduced axes' shape {rshape}, "
-                    f"got {mask.dtype}{list(mask.shape)}."
-                )
-            m = jnp.expand_dims(mask, feat)  # broadcastable against x
-        return x, feat, reduce, bshape, m
-
-    def _batch_stats(xs: Array, reduce: tuple[int, ...], m: Array | None):
-        # Counts and sums, psum-ed over devices when mapped: exact global statistics.
-        if m is None:
-            n = jnp.asarray(math.prod(xs.shape[a] for a in reduce), xs.dtype)
-            total = jnp.sum(xs, axis=reduce, keepdims=True)
-        else:
-            mf = m.astype(xs.dtype)
-            n = jnp.sum(mf)
-            total = jnp.sum(xs * mf, axis=reduce, keepdims=True)
-        if axis_name is not None:
-            n, total = lax.psum((n, total), axis_name)
-        # A mask may select no example at all: keep that finite (the statistics then say nothing).
-        n = jnp.maximum(n, 1)
-        mean = total / n
-        d = xs - mean
-        sq = d * d if m is None else d * d * m.astype(xs.dtype)
-        var = jnp.sum(sq, axis=reduce, keepdims=True)
-        if axis_name is not None:
-            var = lax.psum(var, axis_name)
-        return n, mean, var / n
-
-    def _running(state: BatchNormState, n: Array, mean: Array, var: Array, feat_shape):
-        mean = lax.stop_gradient(mean.reshape(feat_shape)).astype(state.mean.dtype)
-        var = lax.stop_gradient(var.reshape(feat_shape)).astype(state.var.dtype)
-        count = state.count + 1
-        if convention == "flax":
-            new_mean = momentum * state.mean + (1 - momentum) * mean
-            new_var = momentum * state.var + (1 - momentum) * var
-        else:
-            n = lax.stop_gradient(n).astype(state.var.dtype)
-            unbiased = var * n / jnp.maximum(n - 1, 1)  # a 1-example mask: finite, not inf
-            w = momentum if convention == "pytorch" else 1.0 / count.astype(state.mean.dtype)
-            new_mean = (1 - w) * state.mean + w * mean
-            new_var = (1 - w) * state.var + w * unbiased
-        return BatchNormState(new_mean, new_var, count)
-
-    def _forward(params, state, x, train, mask):
-        x, feat, reduce, bshape, m = _prepare(params, state, x, mask)
-        sd = _stat_dtype(x.dtype)
-        xs = x.astype(sd)
-        gamma = params["gamma"].astype(sd).reshape(bshape)
-        beta = params["beta"].astype(sd).reshape(bshape)
-        feat_shape = tuple(x.shape[a] for a in feat)
-        if train:
-            local_n = math.prod(x.shape[a] for a in reduce)
-            if local_n == 1 and axis_name is None and m is None:
-                raise ValueError(
-                    f"{name}: train mode needs more than one value per feature to estimate a "
-                    f"variance, got x.shape={x.shape} ({local_n} value per feature). Use a batch "
-                    f"of at least 2, or train=False to normalise with the running statistics."
-                )
-            n, mean, var = _batch_stats(xs, reduce, m)
-            new_state = _running(state, n, mean, var, feat_shape)
-        else:
-            n = None
-            mean = state.mean.astype(sd).reshape(bshape)
-            var = state.var.astype(sd).reshape(bshape)
-            new_state = state
-        s = lax.rsqrt(var + jnp.asarray(eps, sd))
-        xhat = (xs - mean) * s
-        y = (gamma * xhat + beta).astype(x.dtype)
-        return y, new_state, (xhat, s, gamma, n, m, reduce, bshape)
-
-    def apply(params, state, x, *, train: bool = False, key: PRNGKey | None = None, mask=None):
+    def apply(params, state, x, *, train: bool, key: PRNGKey | None = None, mask=None):
         del key
-        y, new_state, _ = _forward(params, state, x, train, mask)
+        y, new_state, _, _ = _forward(cfg, params, state, x, train, mask)
         return y, new_state
 
-    def vjp(params, state, x, *, train: bool = False, key: PRNGKey | None = None, mask=None):
+    def vjp(params, state, x, *, train: bool, key: PRNGKey | None = None, mask=None):
         del key
-        y, new_state, (xhat, s, gamma, n, m, reduce, bshape) = _forward(
-            params, state, x, train, mask
-        )
-        pdtype = params["gamma"].dtype
-        if train:
-            backward = Partial(
-                _train_backward_fn(reduce, bshape, pdtype, axis_name, m is not None),
-                xhat,
-                s,
-                gamma,
-                n,
-                m,
-            )
-        else:
-            backward = Partial(_eval_backward_fn(reduce, bshape, pdtype, axis_name), xhat, s, gamma)
+        y, new_state, res, static = _forward(cfg, params, state, x, train, mask)
+        backward = bind_backward(_train_backward if train else _eval_backward, res, **static)
         return y, new_state, backward
 
-    return Layer(name, init, apply, vjp)
-
-
-# The backward functions close over static facts (axes, dtypes, axis name) and take the saved
-# arrays as arguments, so that the Partial's leaves are arrays only (a custom_vjp residual).
-_BACKWARDS: dict[Any, Any] = {}
-
-
-def _train_backward_fn(reduce, bshape, pdtype, axis_name, masked):
-    key = ("train", reduce, bshape, jnp.dtype(pdtype), axis_name, masked)
-    if key not in _BACKWARDS:
-
-        def backward(xhat, s, gamma, n, m, dy):
-            dyf = dy.astype(xhat.dtype)
-            dbeta = jnp.sum(dyf, axis=reduce, keepdims=True)  # this device's share
-            dgamma = jnp.sum(dyf * xhat, axis=reduce, keepdims=True)
-            if axis_name is not None:
-                sum_dy, sum_dy_xhat = lax.psum((dbeta, dgamma), axis_name)
-                if not _varies(gamma, axis_name):
-                    # Params replicated over the mapped axis (shard_map in_specs P()): their
-                    # cotangent is the sum of every device's share, as autodiff's transpose of
-                    # the implicit broadcast gives.
-                    dbeta, dgamma = sum_dy, sum_dy_xhat
-            else:
-                sum_dy, sum_dy_xhat = dbeta, dgamma
-            correction = (sum_dy + xhat * sum_dy_xhat) / n
-            if masked:
-                correction = correction * m.astype(xhat.dtype)  # padding did not enter the stats
-            dx = gamma * s * (dyf - correction)
-            grads = {
-                "gamma": dgamma.reshape(_feature_shape(bshape, reduce)).astype(pdtype),
-                "beta": dbeta.reshape(_feature_shape(bshape, reduce)).astype(pdtype),
-            }
-            return grads, dx.astype(dy.dtype)
-
-        _BACKWARDS[key] = backward
-    return _BACKWARDS[key]
-
-
-def _eval_backward_fn(reduce, bshape, pdtype, axis_name):
-    key = ("eval", reduce, bshape, jnp.dtype(pdtype), axis_name)
-    if key not in _BACKWARDS:
-
-        def backward(xhat, s, gamma, dy):
-            dyf = dy.astype(xhat.dtype)
-            dgamma = jnp.sum(dyf * xhat, axis=reduce)
-            dbeta = jnp.sum(dyf, axis=reduce)
-            if axis_name is not None and not _varies(gamma, axis_name):
-                dgamma, dbeta = lax.psum((dgamma, dbeta), axis_name)  # replicated params
-            fshape = _feature_shape(bshape, reduce)
-            grads = {
-                "gamma": dgamma.reshape(fshape).astype(pdtype),
-                "beta": dbeta.reshape(fshape).astype(pdtype),
-            }
-            return grads, (gamma * s * dyf).astype(dy.dtype)
-
-        _BACKWARDS[key] = backward
-    return _BACKWARDS[key]
-
-
-def _varies(a: Array, axis_name: str) -> bool:
-    """Whether ``a`` holds per-device values along ``axis_name`` (shard_map's varying type).
-
-    JAX 0.10 records it as ``aval.manual_axis_type.varying``, earlier releases as ``aval.vma``;
-    without either (no type tracking), values are per-device.
-    """
-    aval = jax.typeof(a)
-    manual_axis_type = getattr(aval, "manual_axis_type", None)
-    if manual_axis_type is not None:
-        return axis_name in manual_axis_type.varying
-    vma = getattr(aval, "vma", None)
-    return True if vma is None else axis_name in vma
-
-
-def _feature_shape(bshape: tuple[int, ...], reduce: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(d for a, d in enumerate(bshape) if a not in reduce)
-
-
-# ----------------------------------------------------------------------------- gradcheck
-
-
-def _random_batchnorm(train: bool):
-    def make(key: PRNGKey) -> gradcheck.GradCase:
-        k_shape, k_case, k_mean, k_var = jax.random.split(key, 4)
-        dims = [int(d) for d in jax.random.randint(k_shape, (3,), 2, 5)]
-        # [batch, features] or channels last [batch, length, channels]
-        shape = (dims[1], dims[2]) if dims[0] % 2 else (dims[1], 2, dims[2])
-        layer = batchnorm()
-        case = layer_case(layer, shape, train=train)(k_case)
-        if train:
-            return case._replace(description=f"train x{shape}")
-        # Eval: random running statistics, not init's (0, 1).
-        c = shape[-1]
-        state = BatchNormState(
-            jax.random.normal(k_mean, (c,), jnp.float64),
-            jax.random.uniform(k_var, (c,), jnp.float64, 0.5, 2.0),
-            jnp.asarray(3, jnp.int32),
-        )
-        (params, x), w = case.args, jax.random.normal(k_case, shape, jnp.float64)
-
-        def f(params: Params, x: Array) -> Array:
-            return jnp.sum(w * layer.apply(params, state, x)[0])
-
-        def grad_fn(params: Params, x: Array):
-            return layer.vjp(params, state, x)[2](w)
-
-        return gradcheck.GradCase(f, (params, x), grad_fn, (0, 1), f"eval x{shape}")
-
-    return make
-
-
-def _random_bn_mlp(key: PRNGKey) -> gradcheck.GradCase:
-    k_shape, k_case = jax.random.split(key)
-    batch, n_in, hidden = (int(s) for s in jax.random.randint(k_shape, (3,), 2, 6))
-    net = mlp([hidden, hidden, 2], "sigmoid", batchnorm=True, b_init="glorot_normal")
-    return layer_case(net, (batch, n_in), train=True)(k_case)._replace(
-        description=f"mlp+bn x({batch}, {n_in})"
-    )
-
-
-gradcheck.register("batchnorm.train", _random_batchnorm(True))
-gradcheck.register("batchnorm.eval", _random_batchnorm(False))
-gradcheck.register("batchnorm.mlp", _random_bn_mlp)
+    return Layer(name, init, apply, vjp, keywords=("mask",))

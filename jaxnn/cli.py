@@ -1,62 +1,43 @@
 """The ``jaxnn`` command.
 
-* ``jaxnn reproduce [--out DIR]`` — runs every experiment in ``experiments/`` (each writes
-  JSON, and figures where it has them, into ``DIR``, default ``results/``).
+* ``jaxnn reproduce [--out DIR]`` — runs every experiment of the ``jaxnn_experiments``
+  package (the repository's ``experiments/`` folder); each writes JSON, and figures where it
+  has them, into ``DIR`` (default ``results/``).
 * ``jaxnn gradcheck [--seeds N] [--import MODULE ...] [--only PREFIX]`` — audits every
   registered hand-derived gradient against ``jax.grad`` and finite differences at random
-  shapes and seeds, prints a table, and exits 1 on any mismatch. ``--import`` loads a module
-  of yours that registers its own cases with :func:`jaxnn.gradcheck.register`.
+  shapes and seeds (the list in :mod:`jaxnn.audit`), prints a table, and exits 1 on any
+  mismatch. ``--import`` loads a module of yours (from the working folder too) that registers
+  its own cases with :func:`jaxnn.gradcheck.register`.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
+import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 __all__ = ["main"]
 
-# The experiments `jaxnn reproduce` runs, in order. Each is a script in experiments/ with a
-# main(out_dir) function.
-EXPERIMENTS = ("backprop_worked_example", "batchnorm_saturation", "batchnorm_ioffe_digits")
-
-
-def _experiments_dir(given: str | None) -> Path:
-    candidates = (
-        [Path(given)]
-        if given
-        else [Path(__file__).resolve().parent.parent / "experiments", Path.cwd() / "experiments"]
-    )
-    for path in candidates:
-        if (path / f"{EXPERIMENTS[0]}.py").is_file():
-            return path
-    raise SystemExit(
-        f"jaxnn reproduce: cannot find the experiments folder (looked in "
-        f"{', '.join(str(p) for p in candidates)}). Install jaxnn from its repository with "
-        f"`pip install -e .`, run from the repository root, or pass --experiments DIR."
-    )
-
-
-def _load(path: Path):
-    spec = importlib.util.spec_from_file_location(f"jaxnn_experiments.{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
 
 def reproduce(args: argparse.Namespace) -> int:
-    folder = _experiments_dir(args.experiments)
+    try:
+        import jaxnn_experiments as experiments
+    except ImportError as e:  # the experiments need matplotlib and scikit-learn
+        print(
+            f"jaxnn reproduce: cannot import the experiments ({e}). Install them with the "
+            f"experiments extra: pip install -e '.[experiments]' from the repository root.",
+            file=sys.stderr,
+        )
+        return 2
     failed = []
-    for name in EXPERIMENTS:
+    for name in experiments.EXPERIMENTS:
         print(f"== {name}")
         start = time.perf_counter()
         try:
-            _load(folder / f"{name}.py").main(args.out)
+            importlib.import_module(f"jaxnn_experiments.{name}").main(args.out)
         except Exception as e:  # report every experiment, then fail
             failed.append(name)
             print(f"!! {name} failed: {type(e).__name__}: {e}", file=sys.stderr)
@@ -73,13 +54,14 @@ def reproduce(args: argparse.Namespace) -> int:
 def gradcheck(args: argparse.Namespace) -> int:
     import jax
 
-    import jaxnn  # registers the library's own cases
+    from jaxnn import audit
     from jaxnn import gradcheck as gc
 
-    del jaxnn
+    if args.imports and "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would: your module in this folder
     for module in args.imports:
         importlib.import_module(module)
-    cases = {k: v for k, v in gc.registered().items() if k.startswith(args.only)}
+    cases = {k: v for k, v in audit.cases().items() if k.startswith(args.only)}
     if not cases:
         print(f"jaxnn gradcheck: no registered case starts with {args.only!r}.", file=sys.stderr)
         return 2
@@ -123,7 +105,7 @@ def gradcheck(args: argparse.Namespace) -> int:
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
     print(
-        f"\n{len(rows) - 1 - len(failures)} passed, {len(failures)} failed (rtol 1e-10 vs jax.grad; "
+        f"\n{len(rows) - 1 - len(failures)} passed, {len(failures)} failed (rtol {gc.RTOL:g} vs jax.grad; "
         "finite differences within their derived bound when err/bound <= 1)"
     )
     for name, seed, report in failures:
@@ -140,7 +122,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("reproduce", help="run every experiment and write its results")
     p.add_argument("--out", default="results", help="output folder (default: results)")
-    p.add_argument("--experiments", default=None, help="the experiments folder (default: found)")
     p.set_defaults(run=reproduce)
     p = sub.add_parser("gradcheck", help="audit every registered hand-derived gradient")
     p.add_argument("--seeds", type=int, default=3, help="random draws per case (default: 3)")

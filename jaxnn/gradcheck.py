@@ -20,8 +20,8 @@ Tolerances, and why:
   derivative is near zero, and a per-leaf one fails honest code whenever a leaf is small by
   cancellation (behind a log-softmax, say, where ``dx = dy - p Σ dy`` subtracts O(1)
   cotangents to leave 1e-8: its rounding is an ulp of the cotangents, not of the result).
-  It must be ``<= rtol`` (default 1e-10: about 5e5 ulps of headroom over float64's 2.2e-16,
-  room for a condition number of 1e5). The report lists each leaf's worst element.
+  It must be ``<= rtol`` (default :data:`RTOL` = 1e-10: about 5e5 ulps of headroom over
+  float64's 2.2e-16, room for a condition number of 1e5). The report lists each leaf's worst element.
 * against finite differences: the central difference ``D(h) = (f(x+h) - f(x-h)) / 2h`` has
   truncation error ``~ h**2 f'''/6`` and rounding error ``~ eps |f| / h``. The step
   ``h = eps**(1/3) * max(1, |x_i|)`` (about 6e-6 for float64) balances the two. The truncation
@@ -41,7 +41,9 @@ Tolerances, and why:
 Float32 input is promoted to float64 for the check (inside ``jax.enable_x64``), and the report
 says so: a float32 central difference has only ~3 correct digits and would fail honest code.
 
-Components of jaxnn register cases with :func:`register`; ``jaxnn gradcheck`` audits them all.
+The library's own components are audited by :mod:`jaxnn.audit` (``jaxnn gradcheck``); a user
+adds cases of their own with :func:`register` (``jaxnn gradcheck --import my_module``). This
+module depends on nothing else in jaxnn.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ import numpy as np
 from jaxnn._typing import PRNGKey
 
 __all__ = [
+    "RTOL",
     "GradCase",
     "GradReport",
     "GradientMismatchError",
@@ -68,6 +71,11 @@ __all__ = [
     "registered",
     "unregister",
 ]
+
+# Hand-derived vs jax.grad: the same formula with a different order of rounding, a few ulps of
+# float64 (2.2e-16) times the condition of the computation. 1e-10 leaves ~5e5 ulps of headroom
+# (a condition number up to ~1e5) and still fails any wrong formula, whose error is O(1).
+RTOL = 1e-10
 
 HAND = "hand-derived"
 AUTO = "jax.grad"
@@ -221,7 +229,7 @@ def check_gradients(
     *args: Any,
     grad_fn: Callable[..., Any] | None = None,
     argnums: int | Sequence[int] = 0,
-    rtol: float = 1e-10,
+    rtol: float = RTOL,
     fd_samples: int = 16,
     key: PRNGKey | None = None,
     raise_on_mismatch: bool = True,
@@ -436,7 +444,7 @@ _REGISTRY: dict[str, Callable[[PRNGKey], GradCase]] = {}
 
 
 def register(name: str, make_case: Callable[[PRNGKey], GradCase]) -> Callable[[PRNGKey], GradCase]:
-    """Register a component's gradient case so that ``jaxnn gradcheck`` audits it.
+    """Register a gradient case of yours so that ``jaxnn gradcheck --import`` audits it.
 
     ``make_case(key)`` draws shapes and float64 values from ``key`` and returns a
     :class:`GradCase`. Registering an existing name replaces it.
@@ -446,9 +454,10 @@ def register(name: str, make_case: Callable[[PRNGKey], GradCase]) -> Callable[[P
 
 
 def unregister(name: str) -> None:
+    """Remove a registered case (no error if there is none)."""
     _REGISTRY.pop(name, None)
 
 
 def registered() -> dict[str, Callable[[PRNGKey], GradCase]]:
-    """All registered cases, by name (importing :mod:`jaxnn` registers the library's own)."""
+    """The cases registered with :func:`register`, by name (jaxnn itself registers none)."""
     return dict(_REGISTRY)

@@ -1,191 +1,45 @@
-"""Layers: dense, activation, and their composition (``serial``, ``mlp``), with initialisers.
+"""Layers: ``dense``, ``activation`` and ``dropout``, each forward beside its hand backward.
 
-A layer is a :class:`Layer`, a record of pure functions in the style of optax's
-``GradientTransformation`` and stax's ``(init_fun, apply_fun)``:
-
-* ``init(key, input_shape) -> (params, state)``; a stateless layer returns ``state = {}``.
-* ``apply(params, state, x, *, train=False, key=None) -> (y, new_state)``.
-* ``vjp(params, state, x, *, train=False, key=None) -> (y, new_state, backward)`` with
-  ``backward(dy) -> (dparams, dx)`` derived by hand. ``backward`` is a
-  ``jax.tree_util.Partial``: a pytree whose leaves are the saved activations, so it can be
-  returned from ``jit`` and used as the residual of a ``jax.custom_vjp``.
-
-Params are plain nested dicts of arrays (``{"w": ..., "b": ...}``); state (BatchNorm's running
-statistics) is a separate pytree that an optimizer never sees. ``input_shape`` includes the
-leading batch axes, e.g. ``(batch, features)``; any batch size will do.
+Every factory returns a :class:`~jaxnn.Layer` (the protocol is in ``jaxnn._typing``):
+``init(key, input_shape) -> (params, state)``, ``apply(params, state, x, *, train, key=None)
+-> (y, state)`` and ``vjp(...) -> (y, state, backward)`` with ``backward(dy) -> (dparams,
+dx)`` derived by hand. Params are plain dicts of arrays; these layers have no state (``{}``).
+Composition (``serial``, ``mlp``) is in :mod:`jaxnn.combinators`, BatchNorm in
+:mod:`jaxnn.batchnorm`.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.tree_util import Partial
 
 from jaxnn import activations as _activations
-from jaxnn import gradcheck
-from jaxnn._checks import ensure_float, ensure_min_rank, unknown_name
-from jaxnn._typing import Array, ArrayLike, Params, PRNGKey, Shape, State
+from jaxnn import initializers as _initializers
+from jaxnn._checks import ensure_float, ensure_input_shape, ensure_min_rank
+from jaxnn._typing import Array, ArrayLike, Layer, Params, PRNGKey, Shape, State, bind_backward
 
-__all__ = [
-    "INITIALIZERS",
-    "Initializer",
-    "Layer",
-    "activation",
-    "constant",
-    "dense",
-    "get_initializer",
-    "given",
-    "glorot_normal",
-    "glorot_uniform",
-    "he_normal",
-    "he_uniform",
-    "lecun_normal",
-    "lecun_uniform",
-    "mlp",
-    "ones",
-    "serial",
-    "zeros",
-]
+__all__ = ["activation", "default_float", "dense", "dropout"]
 
 
-class Layer(NamedTuple):
-    """A layer: a named record of pure functions (see the module docstring)."""
-
-    name: str
-    init: Callable[[PRNGKey, Shape], tuple[Params, State]]
-    apply: Callable[..., tuple[Array, State]]
-    vjp: Callable[..., tuple[Array, State, Callable[[Array], tuple[Params, Array]]]]
+def default_float() -> Any:
+    """float64 under ``jax_enable_x64``, else float32: the default ``param_dtype``."""
+    return jnp.result_type(float)
 
 
-# ----------------------------------------------------------------------------- initialisers
-
-# An initialiser maps (key, shape, dtype) to an array. For a dense kernel of shape
-# [fan_in, fan_out], the variance-scaling schemes below use these fans.
-Initializer = Callable[[PRNGKey, tuple[int, ...], Any], Array]
-
-
-def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
-    if len(shape) < 2:
-        n = shape[0] if shape else 1
-        return n, n
-    receptive = math.prod(shape[:-2])
-    return shape[-2] * receptive, shape[-1] * receptive
+def _check_no_params(params: Params, name: str) -> None:
+    if params != {} and params is not None:
+        raise ValueError(
+            f"{name}: this layer has no parameters (params must be {{}}), got "
+            f"{jax.tree.structure(params)}. Use the params that its init returned."
+        )
 
 
-def glorot_uniform(key: PRNGKey, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
-    """Glorot & Bengio (2010): ``U(-a, a)``, ``a = √(6 / (fan_in + fan_out))``."""
-    fan_in, fan_out = _fans(shape)
-    a = math.sqrt(6 / (fan_in + fan_out))
-    return jax.random.uniform(key, shape, dtype, -a, a)
-
-
-def glorot_normal(key: PRNGKey, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
-    """``N(0, σ²)``, ``σ = √(2 / (fan_in + fan_out))`` (untruncated, as PyTorch's xavier_normal_)."""
-    fan_in, fan_out = _fans(shape)
-    return math.sqrt(2 / (fan_in + fan_out)) * jax.random.normal(key, shape, dtype)
-
-
-def he_uniform(key: PRNGKey, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
-    """He et al. (2015) for ReLU: ``U(-a, a)``, ``a = √(6 / fan_in)``."""
-    fan_in, _ = _fans(shape)
-    a = math.sqrt(6 / fan_in)
-    return jax.random.uniform(key, shape, dtype, -a, a)
-
-
-def he_normal(key: PRNGKey, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
-    """He et al. (2015): ``N(0, 2 / fan_in)`` (untruncated, as PyTorch's kaiming_normal_)."""
-    fan_in, _ = _fans(shape)
-    return math.sqrt(2 / fan_in) * jax.random.normal(key, shape, dtype)
-
-
-def lecun_uniform(key: PRNGKey, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
-    """LeCun et al. (1998): ``U(-a, a)``, ``a = √(3 / fan_in)`` (variance ``1 / fan_in``)."""
-    fan_in, _ = _fans(shape)
-    a = math.sqrt(3 / fan_in)
-    return jax.random.uniform(key, shape, dtype, -a, a)
-
-
-def lecun_normal(key: PRNGKey, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
-    """``N(0, 1 / fan_in)`` (untruncated); the initialiser SELU's fixed point assumes."""
-    fan_in, _ = _fans(shape)
-    return math.sqrt(1 / fan_in) * jax.random.normal(key, shape, dtype)
-
-
-def zeros(key: PRNGKey, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
-    del key
-    return jnp.zeros(shape, dtype)
-
-
-def ones(key: PRNGKey, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
-    del key
-    return jnp.ones(shape, dtype)
-
-
-def constant(value: float) -> Initializer:
-    """Every element equal to ``value``."""
-
-    def init(key: PRNGKey, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
-        del key
-        return jnp.full(shape, value, dtype)
-
-    return init
-
-
-def given(values: ArrayLike) -> Initializer:
-    """Exactly ``values`` (to set a published example's weights); the shape must match.
-
-    Example: the worked example's hidden layer, ``w[i, j]`` from input ``i`` to unit ``j``::
-
-        dense(2, w_init=given([[0.15, 0.25], [0.20, 0.30]]), b_init=constant(0.35))
-    """
-    values = np.asarray(values)
-
-    def init(key: PRNGKey, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
-        del key
-        if tuple(values.shape) != tuple(shape):
-            raise ValueError(
-                f"given() values have shape {tuple(values.shape)}, but the layer needs a "
-                f"parameter of shape {tuple(shape)}. A dense kernel is [in_features, "
-                f"out_features]: w[i, j] connects input i to unit j."
-            )
-        return jnp.asarray(values, dtype)
-
-    return init
-
-
-INITIALIZERS: dict[str, Initializer] = {
-    "glorot_uniform": glorot_uniform,
-    "xavier_uniform": glorot_uniform,
-    "glorot_normal": glorot_normal,
-    "xavier_normal": glorot_normal,
-    "he_uniform": he_uniform,
-    "kaiming_uniform": he_uniform,
-    "he_normal": he_normal,
-    "kaiming_normal": he_normal,
-    "lecun_uniform": lecun_uniform,
-    "lecun_normal": lecun_normal,
-    "zeros": zeros,
-    "ones": ones,
-}
-
-
-def get_initializer(init: str | Initializer) -> Initializer:
-    """An initialiser by name (``"glorot_uniform"``, ``"he_normal"``...), or a callable."""
-    if callable(init):
-        return init
-    if isinstance(init, str) and init in INITIALIZERS:
-        return INITIALIZERS[init]
-    raise unknown_name("initialiser", str(init), list(INITIALIZERS))
-
-
-def _default_float() -> Any:
-    return jnp.result_type(float)  # float64 under jax_enable_x64, else float32
+def _no_params_init(key: PRNGKey | None, input_shape: Shape) -> tuple[Params, State]:
+    del key, input_shape
+    return {}, {}
 
 
 # ----------------------------------------------------------------------------- dense
@@ -213,25 +67,23 @@ def _check_dense_params(params: Any, x: Array, use_bias: bool, name: str) -> Non
         )
 
 
-def _dense_backward(x: Array, w: Array, dy: Array) -> tuple[Params, Array]:
+def _dense_backward(x: Array, w: Array, dy: Array, *, use_bias: bool) -> tuple[Params, Array]:
     # y = x @ w + b over leading axes [..., in] -> [..., out]:
     #   dw = Σ_batch xᵀ dy,   db = Σ_batch dy,   dx = dy @ wᵀ
     x2 = x.reshape(-1, x.shape[-1])
     dy2 = dy.reshape(-1, dy.shape[-1])
-    return {"w": x2.T @ dy2, "b": jnp.sum(dy2, axis=0)}, dy @ w.T
-
-
-def _dense_backward_no_bias(x: Array, w: Array, dy: Array) -> tuple[Params, Array]:
-    x2 = x.reshape(-1, x.shape[-1])
-    return {"w": x2.T @ dy.reshape(-1, dy.shape[-1])}, dy @ w.T
+    grads = {"w": x2.T @ dy2}
+    if use_bias:
+        grads["b"] = jnp.sum(dy2, axis=0)
+    return grads, dy @ w.T
 
 
 def dense(
     features: int,
     *,
     use_bias: bool = True,
-    w_init: str | Initializer = "glorot_uniform",
-    b_init: str | Initializer = "zeros",
+    w_init: str | _initializers.Initializer = "glorot_uniform",
+    b_init: str | _initializers.Initializer = "zeros",
     param_dtype: Any = None,
     name: str = "dense",
 ) -> Layer:
@@ -246,34 +98,34 @@ def dense(
     Args:
       features: ``out``, the number of units.
       use_bias: whether to add ``b``.
-      w_init, b_init: initialisers, by name or callable (see :data:`INITIALIZERS`,
-        :func:`given`, :func:`constant`).
+      w_init, b_init: initialisers, by name or callable (see :mod:`jaxnn.initializers`).
       param_dtype: dtype of the parameters (default: float64 under ``jax_enable_x64``,
         else float32).
       name: the layer's name, used in error messages and as its key inside ``serial``.
-    """
-    if not (isinstance(features, int | np.integer) and features > 0):
-        raise ValueError(f"dense: features must be a positive int, got {features!r}.")
-    w_init_fn, b_init_fn = get_initializer(w_init), get_initializer(b_init)
-    backward_fn = _dense_backward if use_bias else _dense_backward_no_bias
 
-    def init(key: PRNGKey, input_shape: Shape) -> tuple[Params, State]:
-        if len(input_shape) < 1:
-            raise ValueError(f"{name}: input_shape must be [..., in_features], got {input_shape}.")
-        dtype = param_dtype or _default_float()
+    Example::
+
+        layer = dense(3)
+        params, state = layer.init(jax.random.key(0), (8, 4))    # w [4, 3], b [3]
+        y, state = layer.apply(params, state, x, train=False)    # y [8, 3]
+    """
+    if isinstance(features, bool) or not (isinstance(features, int | np.integer) and features > 0):
+        raise ValueError(f"dense: features must be a positive int, got {features!r}.")
+    w_init_fn, b_init_fn = _initializers.get(w_init), _initializers.get(b_init)
+
+    def init(key: PRNGKey | None, input_shape: Shape) -> tuple[Params, State]:
+        shape = ensure_input_shape(input_shape, name)
+        if len(shape) < 1:
+            raise ValueError(f"{name}: input_shape must be [..., in_features], got {shape}.")
+        dtype = param_dtype or default_float()
         kw, kb = jax.random.split(key)
-        params = {"w": w_init_fn(kw, (int(input_shape[-1]), features), dtype)}
+        params = {"w": w_init_fn(kw, (shape[-1], int(features)), dtype)}
         if use_bias:
-            params["b"] = b_init_fn(kb, (features,), dtype)
+            params["b"] = b_init_fn(kb, (int(features),), dtype)
         return params, {}
 
     def apply(
-        params: Params,
-        state: State,
-        x: ArrayLike,
-        *,
-        train: bool = False,
-        key: PRNGKey | None = None,
+        params: Params, state: State, x: ArrayLike, *, train: bool, key: PRNGKey | None = None
     ):
         del train, key
         x = ensure_float(x, "x")
@@ -284,16 +136,13 @@ def dense(
             y = y + params["b"]
         return y, state
 
-    def vjp(
-        params: Params,
-        state: State,
-        x: ArrayLike,
-        *,
-        train: bool = False,
-        key: PRNGKey | None = None,
-    ):
+    def vjp(params: Params, state: State, x: ArrayLike, *, train: bool, key: PRNGKey | None = None):
         y, state = apply(params, state, x, train=train, key=key)
-        return y, state, Partial(backward_fn, jnp.asarray(x), params["w"])
+        return (
+            y,
+            state,
+            bind_backward(_dense_backward, jnp.asarray(x), params["w"], use_bias=use_bias),
+        )
 
     return Layer(name, init, apply, vjp)
 
@@ -301,253 +150,113 @@ def dense(
 # ----------------------------------------------------------------------------- activation
 
 
-def _activation_backward(act_backward: Callable[[Array], Array], dy: Array) -> tuple[Params, Array]:
+def _activation_backward(act_backward: Any, dy: Array) -> tuple[Params, Array]:
     return {}, act_backward(dy)
 
 
 def activation(fn: str | _activations.Activation, *, name: str | None = None) -> Layer:
     """A parameter-free layer applying an activation (by name or :class:`Activation`).
 
-    Backward: ``dx = backward_activation(dy)`` (``dy ⊙ f'(x)`` for elementwise ones).
+    Backward: the activation's own VJP, ``dx = dy ⊙ f'(x)`` for the elementwise ones (see
+    :mod:`jaxnn.activations`).
     """
     act = _activations.get(fn)
     layer_name = name or act.name
 
-    def init(key: PRNGKey, input_shape: Shape) -> tuple[Params, State]:
-        del key, input_shape
-        return {}, {}
-
-    def _check(params: Params) -> None:
-        if params != {} and params is not None:
-            raise ValueError(
-                f"{layer_name}: an activation layer has no parameters (params must be {{}}), got "
-                f"{jax.tree.structure(params)}."
-            )
-
     def apply(
-        params: Params,
-        state: State,
-        x: ArrayLike,
-        *,
-        train: bool = False,
-        key: PRNGKey | None = None,
+        params: Params, state: State, x: ArrayLike, *, train: bool, key: PRNGKey | None = None
     ):
         del train, key
-        _check(params)
+        _check_no_params(params, layer_name)
         return act.fn(ensure_float(x, "x")), state
 
-    def vjp(
-        params: Params,
-        state: State,
-        x: ArrayLike,
-        *,
-        train: bool = False,
-        key: PRNGKey | None = None,
-    ):
+    def vjp(params: Params, state: State, x: ArrayLike, *, train: bool, key: PRNGKey | None = None):
         del train, key
-        _check(params)
+        _check_no_params(params, layer_name)
         y, act_backward = act.vjp(ensure_float(x, "x"))
-        return y, state, Partial(_activation_backward, act_backward)
+        return y, state, bind_backward(_activation_backward, act_backward)
 
-    return Layer(layer_name, init, apply, vjp)
-
-
-# ----------------------------------------------------------------------------- composition
+    return Layer(layer_name, _no_params_init, apply, vjp)
 
 
-def _split_key(key: PRNGKey | None, n: int) -> list[PRNGKey | None]:
-    if key is None:
-        return [None] * n
-    return list(jax.random.split(key, n))
+# ----------------------------------------------------------------------------- dropout
 
 
-def serial(*layers: Layer, name: str = "serial") -> Layer:
-    """Compose layers in sequence: ``y = layer_n(... layer_1(x))``. The result is a layer.
-
-    Its params and state are dicts keyed ``"{layer.name}_{i}"`` (``"dense_0"``,
-    ``"sigmoid_1"``, ...), each holding that layer's own params or state.
-
-    Backward: the chain rule, done by hand. The forward runs each layer's ``vjp`` and keeps its
-    ``backward``; the backward runs them in reverse, feeding each one's ``dx`` to the layer
-    before as its ``dy``, and collects every ``dparams``::
-
-        dy_n = dL/dy;   (dparams_i, dy_{i-1}) = backward_i(dy_i),  i = n, ..., 1
-    """
-    if not layers:
-        raise ValueError("serial needs at least one layer.")
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, Layer):
-            raise TypeError(f"serial: argument {i} is a {type(layer).__name__}, not a Layer.")
-    names = tuple(f"{layer.name}_{i}" for i, layer in enumerate(layers))
-
-    def _check(tree: Any, what: str) -> None:
-        if not isinstance(tree, dict) or set(tree) != set(names):
-            got = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
-            raise ValueError(
-                f"{name}: the {what} do not match the network: expected a dict with keys "
-                f"{list(names)}, got {got}. Use the {what} that this network's init returned "
-                f"(or a pytree with the same structure)."
-            )
-
-    def init(key: PRNGKey, input_shape: Shape) -> tuple[Params, State]:
-        params, state = {}, {}
-        shape = jax.ShapeDtypeStruct(tuple(input_shape), _default_float())
-        for k, layer_name, layer in zip(_split_key(key, len(layers)), names, layers, strict=True):
-            p, s = layer.init(k, shape.shape)
-            params[layer_name], state[layer_name] = p, s
-            out, _ = jax.eval_shape(functools.partial(layer.apply, train=False), p, s, shape)
-            shape = jax.ShapeDtypeStruct(out.shape, shape.dtype)
-        return params, state
-
-    def apply(
-        params: Params,
-        state: State,
-        x: ArrayLike,
-        *,
-        train: bool = False,
-        key: PRNGKey | None = None,
-    ):
-        _check(params, "params")
-        _check(state, "state")
-        new_state = {}
-        for k, layer_name, layer in zip(_split_key(key, len(layers)), names, layers, strict=True):
-            x, new_state[layer_name] = layer.apply(
-                params[layer_name], state[layer_name], x, train=train, key=k
-            )
-        return x, new_state
-
-    def backward(backwards: tuple[Callable[[Array], tuple[Params, Array]], ...], dy: Array):
-        grads = {}
-        for layer_name, layer_backward in zip(reversed(names), reversed(backwards), strict=True):
-            grads[layer_name], dy = layer_backward(dy)
-        return grads, dy
-
-    def vjp(
-        params: Params,
-        state: State,
-        x: ArrayLike,
-        *,
-        train: bool = False,
-        key: PRNGKey | None = None,
-    ):
-        _check(params, "params")
-        _check(state, "state")
-        new_state, backwards = {}, []
-        for k, layer_name, layer in zip(_split_key(key, len(layers)), names, layers, strict=True):
-            x, new_state[layer_name], layer_backward = layer.vjp(
-                params[layer_name], state[layer_name], x, train=train, key=k
-            )
-            backwards.append(layer_backward)
-        return x, new_state, Partial(backward, tuple(backwards))
-
-    return Layer(name, init, apply, vjp)
+def _dropout_forward(x: Array, keep: Array, keep_prob: float) -> Array:
+    return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros((), x.dtype))
 
 
-def mlp(
-    features: Sequence[int],
-    activation: str | _activations.Activation | Sequence[str | _activations.Activation] = "relu",
-    *,
-    final_activation: str | _activations.Activation | None = None,
-    use_bias: bool = True,
-    w_init: str | Initializer = "glorot_uniform",
-    b_init: str | Initializer = "zeros",
-    param_dtype: Any = None,
-    batchnorm: bool | dict[str, Any] = False,
-    name: str = "mlp",
-) -> Layer:
-    """A multi-layer perceptron: ``dense(features[0])``, activation, ..., ``dense(features[-1])``.
+def _dropout_backward(keep: Array, dy: Array, *, keep_prob: float) -> tuple[Params, Array]:
+    # y = keep ⊙ x / (1 - rate)  =>  dx = keep ⊙ dy / (1 - rate): the same mask, the same scale.
+    return {}, _dropout_forward(dy, keep, keep_prob)
+
+
+def _identity_backward(dy: Array) -> tuple[Params, Array]:
+    return {}, dy
+
+
+def dropout(rate: float, *, name: str = "dropout") -> Layer:
+    """Inverted dropout (Srivastava et al., 2014): drop each unit with probability ``rate``.
+
+    ``rate`` is the probability of **dropping** a unit, as in PyTorch's ``nn.Dropout(p)``
+    and Flax's ``nn.Dropout(rate)`` (stax's ``Dropout(rate)`` takes the *keep* probability).
+    In training, with ``keep ~ Bernoulli(1 - rate)`` drawn independently for every element::
+
+        y = keep ⊙ x / (1 - rate)        dx = keep ⊙ dy / (1 - rate)
+
+    so that ``E[y] = x`` and evaluation needs no rescaling: with ``train=False`` the layer is
+    the identity. The backward reuses the forward's mask (saved as the residual), so the same
+    key gives the same mask in the hand-derived and the autodiff paths.
 
     Args:
-      features: units of each dense layer, e.g. ``[100, 100, 10]``.
-      activation: one activation for every hidden layer (the last gets ``final_activation``,
-        default identity), or a sequence with one activation per dense layer (then
-        ``final_activation`` must be left out).
-      final_activation: activation after the last dense layer, when ``activation`` is one.
-      use_bias, w_init, b_init, param_dtype: passed to every :func:`dense`.
-      batchnorm: put a :func:`jaxnn.batchnorm.batchnorm` between each hidden dense layer and
-        its activation (Ioffe & Szegedy's placement); a dict passes its arguments.
-    """
-    features = list(features)
-    if not features:
-        raise ValueError("mlp: features must list at least one layer size, got [].")
-    if isinstance(activation, str | _activations.Activation):
-        _activations.get(activation)  # an unknown name is an error even for a one-layer mlp
-        acts = [activation] * (len(features) - 1) + [final_activation or "identity"]
-    else:
-        acts = list(activation)
-        if final_activation is not None:
-            raise ValueError(
-                "mlp: give either one activation per layer or final_activation, not both."
-            )
-        if len(acts) != len(features):
-            raise ValueError(
-                f"mlp: {len(features)} dense layers need {len(features)} activations, got "
-                f"{len(acts)}: {acts}."
-            )
-    bn_kwargs = batchnorm if isinstance(batchnorm, dict) else {}
-    if batchnorm:
-        from jaxnn.batchnorm import batchnorm as _batchnorm  # batchnorm imports this module
+      rate: in ``[0, 1)``. ``rate = 0`` is the identity in both modes (and needs no key).
+        ``rate = 1`` is refused: it zeroes every unit, so nothing trains (PyTorch and Flax
+        return zeros there).
+      name: the layer's name.
 
-    layers: list[Layer] = []
-    for i, (f, a) in enumerate(zip(features, acts, strict=True)):
-        layers.append(
-            dense(f, use_bias=use_bias, w_init=w_init, b_init=b_init, param_dtype=param_dtype)
+    ``apply(params, state, x, *, train, key)``: ``train=True`` needs a PRNG key (inside
+    ``serial``/``mlp`` one key for the network is split, one per dropout layer).
+
+    Raises:
+      ValueError: ``rate`` outside ``[0, 1)``; training without a key.
+    """
+    if isinstance(rate, bool) or not isinstance(rate, int | float | np.integer | np.floating):
+        raise TypeError(f"dropout: rate must be a number in [0, 1), got {type(rate).__name__}.")
+    rate = float(rate)
+    if not 0 <= rate < 1:
+        raise ValueError(
+            f"dropout: rate is the probability of DROPPING a unit and must lie in [0, 1), got "
+            f"{rate!r}. (stax's Dropout takes the keep probability: rate = 1 - keep.)"
         )
-        if batchnorm and i < len(features) - 1:
-            layers.append(_batchnorm(param_dtype=param_dtype, **bn_kwargs))
-        layers.append(_activations_layer(a))
-    return serial(*layers, name=name)
+    keep_prob = 1.0 - rate
 
+    def mask(x: Array, train: bool, key: PRNGKey | None) -> Array | None:
+        if not train or rate == 0:
+            return None
+        if key is None:
+            raise ValueError(
+                f"{name}: training (train=True) draws a random mask and needs a PRNG key, got "
+                f"key=None. Pass key=jax.random.key(seed) to apply/vjp (a network splits it per "
+                f"dropout layer; make_train_step's step and fit_full_batch take key= too), or "
+                f"use train=False, where dropout is the identity."
+            )
+        return jax.random.bernoulli(key, keep_prob, x.shape)
 
-_activations_layer = activation
+    def apply(
+        params: Params, state: State, x: ArrayLike, *, train: bool, key: PRNGKey | None = None
+    ):
+        _check_no_params(params, name)
+        x = ensure_float(x, "x")
+        keep = mask(x, train, key)
+        return (x if keep is None else _dropout_forward(x, keep, keep_prob)), state
 
+    def vjp(params: Params, state: State, x: ArrayLike, *, train: bool, key: PRNGKey | None = None):
+        _check_no_params(params, name)
+        x = ensure_float(x, "x")
+        keep = mask(x, train, key)
+        if keep is None:
+            return x, state, bind_backward(_identity_backward)
+        backward = bind_backward(_dropout_backward, keep, keep_prob=keep_prob)
+        return _dropout_forward(x, keep, keep_prob), state, backward
 
-# ----------------------------------------------------------------------------- gradcheck
-
-
-def layer_case(
-    layer: Layer, input_shape: Shape, *, train: bool = False
-) -> Callable[[PRNGKey], gradcheck.GradCase]:
-    """A gradcheck case for a layer: ``f(params, x) = Σ w ⊙ layer(params, x)`` with random ``w``.
-
-    Its hand-derived gradient runs the layer's ``vjp`` backward on ``w``.
-    """
-
-    def make(key: PRNGKey) -> gradcheck.GradCase:
-        k_init, k_x, k_w = jax.random.split(key, 3)
-        with jax.enable_x64(True):
-            params, state = layer.init(k_init, input_shape)
-            params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
-            x = jax.random.normal(k_x, tuple(input_shape), jnp.float64)
-            y, _ = layer.apply(params, state, x, train=train)
-            w = jax.random.normal(k_w, y.shape, jnp.float64)
-
-        def f(params: Params, x: Array) -> Array:
-            return jnp.sum(w * layer.apply(params, state, x, train=train)[0])
-
-        def grad_fn(params: Params, x: Array) -> tuple[Params, Array]:
-            _, _, backward = layer.vjp(params, state, x, train=train)
-            return backward(w)
-
-        return gradcheck.GradCase(f, (params, x), grad_fn, (0, 1), f"x{tuple(input_shape)}")
-
-    return make
-
-
-def _random_dense(key: PRNGKey) -> gradcheck.GradCase:
-    k_shape, k_case = jax.random.split(key)
-    b, i, o = (int(s) for s in jax.random.randint(k_shape, (3,), 1, 7))
-    return layer_case(dense(o, w_init="glorot_normal", b_init="glorot_normal"), (b, i))(k_case)
-
-
-def _random_mlp(key: PRNGKey) -> gradcheck.GradCase:
-    k_shape, k_act, k_case = jax.random.split(key, 3)
-    sizes = [int(s) for s in jax.random.randint(k_shape, (4,), 1, 6)]
-    smooth = ["sigmoid", "tanh", "softplus", "gelu", "gelu_tanh", "silu", "elu", "selu"]
-    acts = [smooth[int(i)] for i in jax.random.randint(k_act, (2,), 0, len(smooth))]
-    net = mlp(sizes[1:], [acts[0], acts[1], "identity"], b_init="glorot_normal")
-    return layer_case(net, (sizes[0], 3))(k_case)
-
-
-gradcheck.register("layers.dense", _random_dense)
-gradcheck.register("layers.mlp", _random_mlp)
+    return Layer(name, _no_params_init, apply, vjp, stochastic=rate > 0)

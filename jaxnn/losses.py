@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnn import gradcheck
 from jaxnn._checks import ensure_float, ensure_min_rank, ensure_same_shape, unknown_name
 from jaxnn._typing import Array, ArrayLike
 from jaxnn.activations import log_softmax, sigmoid, softmax, softplus
@@ -217,35 +216,5 @@ def get(loss: str | Loss) -> Loss:
             f"{type(loss).__name__}."
         )
     if loss not in LOSSES:
-        raise unknown_name("loss", str(loss), list(LOSSES))
+        raise unknown_name("loss", str(loss), list(LOSSES), "losses")
     return LOSSES[loss]
-
-
-# ----------------------------------------------------------------------------- gradcheck
-
-
-def _targets(name: str, key: jax.Array, shape: tuple[int, ...]) -> Array:
-    if name == "softmax_cross_entropy":
-        return jax.nn.softmax(jax.random.normal(key, shape, jnp.float64))
-    if name == "softmax_cross_entropy_with_integer_labels":
-        return jax.random.randint(key, shape[:-1], 0, shape[-1])
-    if name == "binary_cross_entropy_with_logits":
-        return jax.random.uniform(key, shape, jnp.float64)
-    return jax.random.normal(key, shape, jnp.float64)
-
-
-def _case(loss: Loss) -> Callable[[jax.Array], gradcheck.GradCase]:
-    def make(key: jax.Array) -> gradcheck.GradCase:
-        k_shape, k_p, k_t = jax.random.split(key, 3)
-        shape = tuple(int(s) for s in jax.random.randint(k_shape, (2,), 1, 6))
-        predictions = 2.0 * jax.random.normal(k_p, shape, jnp.float64)
-        targets = _targets(loss.name, k_t, shape)
-        return gradcheck.GradCase(
-            loss.fn, (predictions, targets), loss.grad, 0, f"predictions{shape}"
-        )
-
-    return make
-
-
-for _loss in LOSSES.values():
-    gradcheck.register(f"losses.{_loss.name}", _case(_loss))

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,9 +14,9 @@ import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numerics import norm_rel_err
+from numerics import RTOL, norm_rel_err
 
-from jaxnn import layers
+from jaxnn import combinators
 from jaxnn.backprop import manual
 from jaxnn.batchnorm import BatchNormState, batchnorm
 from jaxnn.train import TrainState, fit_full_batch, make_train_step
@@ -23,7 +24,6 @@ from jaxnn.train import TrainState, fit_full_batch, make_train_step
 FIXTURES = Path(__file__).parent / "fixtures"
 REF = np.load(FIXTURES / "batchnorm_reference.npz")
 META = json.loads((FIXTURES / "batchnorm_reference.json").read_text())
-RTOL = 1e-10  # float64, same formula, different rounding order (see jaxnn.gradcheck)
 
 
 def _layer_for(case):
@@ -85,14 +85,20 @@ SHAPES_AXES = [
 ]
 
 
-@settings(max_examples=8)
-@given(
-    shape_axis=st.sampled_from(SHAPES_AXES),
-    train=st.booleans(),
-    convention=st.sampled_from(["pytorch", "flax", "cumulative"]),
-    seed=st.integers(0, 2**16),
-)
-def test_hand_backward_equals_jax_grad(shape_axis, train, convention, seed, maybe_jit):
+class HandBackwardTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    @settings(max_examples=8)
+    @given(
+        shape_axis=st.sampled_from(SHAPES_AXES),
+        train=st.booleans(),
+        convention=st.sampled_from(["pytorch", "flax", "cumulative"]),
+        seed=st.integers(0, 2**16),
+    )
+    def test_equals_jax_grad(self, shape_axis, train, convention, seed):
+        check_hand_backward(self.variant, shape_axis, train, convention, seed)
+
+
+def check_hand_backward(variant, shape_axis, train, convention, seed):
     shape, axis = shape_axis
     layer = batchnorm(convention=convention, axis=axis)
     k = jax.random.split(jax.random.key(seed), 6)
@@ -106,12 +112,12 @@ def test_hand_backward_equals_jax_grad(shape_axis, train, convention, seed, mayb
     )
     x = 3 + 2 * jax.random.normal(k[5], shape)
     dy = jax.random.normal(jax.random.key(seed + 1), shape)
-    y, new_state, backward = maybe_jit(lambda p, x: layer.vjp(p, state, x, train=train))(params, x)
+    y, new_state, backward = variant(lambda p, x: layer.vjp(p, state, x, train=train))(params, x)
     y_ref, vjp_ref = jax.vjp(lambda p, x: layer.apply(p, state, x, train=train)[0], params, x)
     assert norm_rel_err(y, y_ref) <= RTOL
     assert norm_rel_err(backward(dy), vjp_ref(dy)) <= RTOL
     if not train:  # eval leaves the statistics as they were
-        jax.tree.map(np.testing.assert_array_equal, new_state, state)
+        chex.assert_trees_all_equal(new_state, state)
 
 
 def test_train_and_eval_semantics_and_init():
@@ -165,7 +171,7 @@ def test_vmap_normalises_each_batch_separately_and_grad_works():
 
 
 def test_state_threads_through_mlp_and_train_step_and_optimizer_never_sees_it():
-    net = layers.mlp([8, 8, 3], "sigmoid", batchnorm=True)
+    net = combinators.mlp([8, 8, 3], "sigmoid", batchnorm=True)
     params, state = net.init(jax.random.key(0), (16, 4))
     assert list(state) == [
         "dense_0",

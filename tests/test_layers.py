@@ -1,198 +1,189 @@
-"""Layers: hand-derived VJPs equal jax.vjp; initialisers; params pytrees; clear errors."""
+"""Layers (dense, activation, dropout): hand-derived VJPs equal jax.vjp; dropout's statistics
+within derived bounds; the train/key contract; clear errors."""
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numerics import norm_rel_err
+from numerics import check_layer_vjp
 
-from jaxnn import layers
-from jaxnn.activations import ACTIVATIONS
-
-RTOL = 1e-10  # same formula, different rounding order: a few ulps times a modest condition
+from jaxnn import initializers, layers
+from jaxnn.backprop import manual
 
 
-def check_layer_vjp(layer, input_shape, seed, maybe_jit):
-    k_init, k_x, k_dy = jax.random.split(jax.random.key(seed), 3)
-    params, state = layer.init(k_init, input_shape)
-    x = jax.random.normal(k_x, input_shape, jnp.float64)
-    y, new_state, backward = maybe_jit(lambda p, x: layer.vjp(p, state, x))(params, x)
-    dy = jax.random.normal(k_dy, y.shape, jnp.float64)
-    y_ref, vjp_ref = jax.vjp(lambda p, x: layer.apply(p, state, x)[0], params, x)
-    assert norm_rel_err(y, y_ref) <= RTOL
-    dparams, dx = maybe_jit(lambda b, dy: b(dy))(backward, dy)
-    assert norm_rel_err((dparams, dx), vjp_ref(dy)) <= RTOL
-    assert jax.tree.structure(new_state) == jax.tree.structure(state)
+class VjpTest(chex.TestCase):
+    # Few distinct shapes: each new shape compiles afresh, and values vary with the seed anyway.
+    @chex.variants(with_jit=True, without_jit=True)
+    @settings(max_examples=10)
+    @given(
+        batch=st.lists(st.integers(1, 3), min_size=1, max_size=2),
+        n_in=st.integers(1, 3),
+        n_out=st.integers(1, 3),
+        use_bias=st.booleans(),
+        seed=st.integers(0, 2**16),
+    )
+    def test_dense(self, batch, n_in, n_out, use_bias, seed):
+        b_init = jax.nn.initializers.normal(1.0)
+        layer = layers.dense(n_out, use_bias=use_bias, b_init=b_init)
+        check_layer_vjp(self.variant, layer, (*batch, n_in), seed)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @settings(max_examples=6)
+    @given(
+        shape=st.sampled_from([(4,), (3, 5), (2, 3, 4)]),
+        rate=st.sampled_from([0.0, 0.1, 0.5, 0.9]),
+        train=st.booleans(),
+        seed=st.integers(0, 2**16),
+    )
+    def test_dropout(self, shape, rate, train, seed):
+        check_layer_vjp(self.variant, layers.dropout(rate), shape, seed, train=train)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_activation(self):
+        check_layer_vjp(self.variant, layers.activation("gelu"), (3, 4), 0)
 
 
-# Few distinct shapes: each new shape compiles afresh, and values vary with the seed anyway.
-@settings(max_examples=10)
-@given(
-    batch=st.lists(st.integers(1, 3), min_size=1, max_size=2),
-    n_in=st.integers(1, 3),
-    n_out=st.integers(1, 3),
-    use_bias=st.booleans(),
-    seed=st.integers(0, 2**16),
-)
-def test_dense_vjp_matches_jax_vjp(batch, n_in, n_out, use_bias, seed, maybe_jit):
-    layer = layers.dense(n_out, use_bias=use_bias, b_init="glorot_normal")
-    check_layer_vjp(layer, (*batch, n_in), seed, maybe_jit)
-
-
-SMOOTH = [
-    "sigmoid",
-    "tanh",
-    "softplus",
-    "gelu",
-    "gelu_tanh",
-    "silu",
-    "elu",
-    "selu",
-    "identity",
-    "softmax",
-    "log_softmax",
-]
-
-
-@settings(max_examples=10)
-@given(
-    sizes=st.lists(st.integers(1, 3), min_size=1, max_size=3),
-    acts=st.lists(st.sampled_from(SMOOTH), min_size=3, max_size=3),
-    batch=st.integers(1, 3),
-    n_in=st.integers(1, 3),
-    seed=st.integers(0, 2**16),
-)
-def test_mlp_vjp_matches_jax_vjp(sizes, acts, batch, n_in, seed, maybe_jit):
-    net = layers.mlp(sizes, acts[: len(sizes)], b_init="glorot_normal")
-    check_layer_vjp(net, (batch, n_in), seed, maybe_jit)
-
-
-def test_backward_is_a_pytree_that_crosses_jit():
-    net = layers.mlp([3, 2], "tanh")
-    params, state = net.init(jax.random.key(0), (4, 3))
-    x = jnp.ones((4, 3))
-    _, _, backward = jax.jit(lambda p, x: net.vjp(p, state, x))(params, x)
-    assert len(jax.tree.leaves(backward)) > 0  # the saved activations are its leaves
-    dparams, dx = backward(jnp.ones((4, 2)))
-    assert jax.tree.structure(dparams) == jax.tree.structure(params)
-    assert dx.shape == x.shape
-
-
-def test_serial_params_are_named_dicts_and_shapes_thread_through():
-    net = layers.mlp([5, 3], "relu", final_activation="softmax")
-    params, state = net.init(jax.random.key(0), (7, 4))
-    assert list(params) == ["dense_0", "relu_1", "dense_2", "softmax_3"]
-    assert params["dense_0"]["w"].shape == (4, 5) and params["dense_2"]["w"].shape == (5, 3)
-    assert params["relu_1"] == {} and state == {k: {} for k in params}
-    y, _ = net.apply(params, state, jnp.ones((7, 4)))
-    assert y.shape == (7, 3)
-    np.testing.assert_allclose(jnp.sum(y, axis=-1), 1.0, rtol=1e-15)
-
-
-def test_mlp_without_nonlinearity_collapses_to_one_linear_map():
-    # The source text's claim: stacked linear layers stay one linear map.
-    net = layers.mlp([6, 5, 3], "identity", b_init="glorot_normal")
-    params, state = net.init(jax.random.key(1), (8, 4))
-    x = jax.random.normal(jax.random.key(2), (8, 4))
-    w, b = params["dense_0"]["w"], params["dense_0"]["b"]
-    for name in ["dense_2", "dense_4"]:
-        w, b = w @ params[name]["w"], b @ params[name]["w"] + params[name]["b"]
-    y, _ = net.apply(params, state, x)
-    assert norm_rel_err(y, x @ w + b) <= 1e-13  # three matmuls, rounding only
-
-
-@pytest.mark.parametrize(
-    "name, variance",
-    [
-        ("glorot_uniform", 2 / (200 + 300)),
-        ("glorot_normal", 2 / (200 + 300)),
-        ("he_uniform", 2 / 200),
-        ("he_normal", 2 / 200),
-        ("lecun_uniform", 1 / 200),
-        ("lecun_normal", 1 / 200),
-    ],
-)
-def test_initialiser_variance_follows_its_formula(name, variance):
-    w = layers.get_initializer(name)(jax.random.key(0), (200, 300), jnp.float64)
-    n = w.size
-    # The sample variance of n iid draws has relative std sqrt(2/n) (normal) or less
-    # (uniform: sqrt(0.8/n)); 5 std is a 1-in-3.5-million false alarm.
-    assert abs(float(jnp.var(w)) / variance - 1) <= 5 * math.sqrt(2 / n)
-    assert abs(float(jnp.mean(w))) <= 5 * math.sqrt(variance / n)
-    if "uniform" in name:
-        assert float(jnp.max(jnp.abs(w))) <= math.sqrt(3 * variance)
+def test_dense_shapes_and_params_tree():
+    layer = layers.dense(5)
+    params, state = layer.init(jax.random.key(0), (7, 4))
+    chex.assert_shape(params["w"], (4, 5))
+    chex.assert_shape(params["b"], (5,))
+    assert state == {}
+    y, _ = layer.apply(params, state, jnp.ones((2, 3, 4)), train=False)
+    chex.assert_shape(y, (2, 3, 5))
+    params, _ = layers.dense(5, use_bias=False).init(jax.random.key(0), (7, 4))
+    assert set(params) == {"w"}
 
 
 def test_given_and_constant_set_exact_values():
     layer = layers.dense(
-        2, w_init=layers.given([[0.15, 0.25], [0.20, 0.30]]), b_init=layers.constant(0.35)
+        2,
+        w_init=initializers.given([[0.15, 0.25], [0.20, 0.30]]),
+        b_init=initializers.constant(0.35),
     )
     params, _ = layer.init(jax.random.key(0), (1, 2))
     np.testing.assert_array_equal(params["w"], [[0.15, 0.25], [0.20, 0.30]])
     np.testing.assert_array_equal(params["b"], [0.35, 0.35])
 
 
-def test_given_with_wrong_shape_says_the_layout():
-    layer = layers.dense(3, w_init=layers.given(np.zeros((3, 2))))
-    with pytest.raises(ValueError, match=r"\(3, 2\).*\(2, 3\).*\[in_features, out_features\]"):
-        layer.init(jax.random.key(0), (1, 2))
-
-
-def test_unknown_initialiser_lists_the_known_ones():
-    with pytest.raises(ValueError, match=r"glorot_uniform.*he_normal|he_normal.*glorot_uniform"):
-        layers.dense(3, w_init="glorot_uniformm")
-
-
-def test_unknown_activation_lists_the_known_ones():
-    with pytest.raises(ValueError) as info:
-        layers.mlp([3], "sigmoidd")  # one layer: the hidden activation is unused, still checked
-    for name in ACTIVATIONS:
-        assert name in str(info.value)
-
-
 def test_input_feature_mismatch_names_both_sizes():
     layer = layers.dense(3)
     params, state = layer.init(jax.random.key(0), (1, 4))
     with pytest.raises(ValueError, match=r"\(4, 3\).*5 features"):
-        layer.apply(params, state, jnp.ones((2, 5)))
+        layer.apply(params, state, jnp.ones((2, 5)), train=False)
 
 
 def test_wrong_rank_and_integer_input_are_refused():
     layer = layers.dense(3)
     params, state = layer.init(jax.random.key(0), (1, 4))
     with pytest.raises(ValueError, match="rank >= 1"):
-        layer.apply(params, state, jnp.float32(1.0))
+        layer.apply(params, state, jnp.float32(1.0), train=False)
     with pytest.raises(TypeError, match=r"floating-point.*int"):
-        layer.apply(params, state, jnp.ones((2, 4), jnp.int32))
+        layer.apply(params, state, jnp.ones((2, 4), jnp.int32), train=False)
 
 
-def test_params_that_do_not_match_the_network_are_refused():
-    net = layers.mlp([3, 2], "tanh")
-    params, state = net.init(jax.random.key(0), (1, 4))
-    other, _ = layers.mlp([3, 3, 2], "tanh").init(jax.random.key(0), (1, 4))
-    with pytest.raises(ValueError, match=r"do not match the network.*dense_0.*dense_2"):
-        net.apply(other, state, jnp.ones((1, 4)))
-    broken = {**params, "dense_0": {"w": params["dense_0"]["w"]}}  # bias missing
-    with pytest.raises(ValueError, match=r"keys \['b', 'w'\]"):
-        net.vjp(broken, state, jnp.ones((1, 4)))
-    with pytest.raises(ValueError, match="bias b has shape"):
-        net.apply(
-            {**params, "dense_2": {**params["dense_2"], "b": jnp.ones(3)}}, state, jnp.ones((1, 4))
-        )
-    with pytest.raises(ValueError, match="no parameters"):
-        net.apply({**params, "tanh_1": {"w": jnp.ones(1)}}, state, jnp.ones((1, 4)))
-
-
-def test_bad_hyperparameters():
+def test_bad_dense_arguments():
     with pytest.raises(ValueError, match="positive int"):
         layers.dense(0)
-    with pytest.raises(ValueError, match="3 dense layers need 3 activations"):
-        layers.mlp([2, 2, 2], ["tanh", "tanh"])
-    with pytest.raises(ValueError, match="not both"):
-        layers.mlp([2, 2], ["tanh", "tanh"], final_activation="sigmoid")
-    with pytest.raises(TypeError, match="not a Layer"):
-        layers.serial(layers.dense(2), "tanh")
+    with pytest.raises(ValueError, match="positive int"):
+        layers.dense(True)
+    with pytest.raises(TypeError, match=r"input_shape must be a tuple of ints.*\(32, 784\)"):
+        layers.dense(3).init(jax.random.key(0), 4)
+    with pytest.raises(ValueError, match="keys \\['b', 'w'\\]"):
+        layers.dense(3).apply({"w": jnp.ones((4, 3))}, {}, jnp.ones((1, 4)), train=False)
+
+
+def test_train_is_required_everywhere():
+    # One rule: train is keyword-only and has no default, in every layer.
+    for layer in (layers.dense(2), layers.activation("tanh"), layers.dropout(0.5)):
+        params, state = layer.init(jax.random.key(0), (3, 2))
+        with pytest.raises(TypeError, match="train"):
+            layer.apply(params, state, jnp.ones((3, 2)))
+        with pytest.raises(TypeError, match="train"):
+            layer.vjp(params, state, jnp.ones((3, 2)))
+
+
+# ----------------------------------------------------------------------------- dropout
+
+RATES = [0.1, 0.5, 0.8]
+
+
+@pytest.mark.parametrize("rate", RATES)
+def test_dropout_keeps_1_minus_rate_within_a_binomial_bound(rate):
+    n = 200_000
+    x = jnp.ones((n,))
+    y, _ = layers.dropout(rate).apply({}, {}, x, train=True, key=jax.random.key(0))
+    kept = float(jnp.mean(y != 0))
+    # The kept count is Binomial(n, 1 - rate): std sqrt(rate (1 - rate) / n) as a fraction.
+    # 5 std: a false alarm once in 1.7 million runs.
+    assert abs(kept - (1 - rate)) <= 5 * math.sqrt(rate * (1 - rate) / n)
+    # Every kept unit is scaled by exactly 1 / (1 - rate) (the inverted-dropout scale).
+    np.testing.assert_array_equal(np.unique(np.asarray(y)), [0.0, 1 / (1 - rate)])
+
+
+@pytest.mark.parametrize("rate", RATES)
+def test_dropout_preserves_the_mean(rate):
+    # E[y_j] = x_j for every unit: average y over K independent keys at a fixed x.
+    units, draws = 64, 4000
+    x = jax.random.normal(jax.random.key(1), (units,), jnp.float64) * 3
+    keys = jax.random.split(jax.random.key(2), draws)
+    layer = layers.dropout(rate)
+    ys = jax.vmap(lambda k: layer.apply({}, {}, x, train=True, key=k)[0])(keys)
+    # y_j = x_j b / (1 - rate), b ~ Bernoulli(1 - rate): Var y_j = x_j² rate / (1 - rate), so
+    # the mean of K draws has std |x_j| sqrt(rate / ((1 - rate) K)). 5 std per unit: a false
+    # alarm for any of the 64 units about once in 27,000 runs.
+    std = np.abs(np.asarray(x)) * math.sqrt(rate / ((1 - rate) * draws))
+    assert np.all(np.abs(np.asarray(jnp.mean(ys, axis=0)) - np.asarray(x)) <= 5 * std)
+
+
+def test_dropout_eval_and_rate_zero_are_the_identity():
+    x = jax.random.normal(jax.random.key(0), (5, 7))
+    y, _ = layers.dropout(0.5).apply({}, {}, x, train=False)  # no key needed
+    assert y is x or np.array_equal(y, x)
+    np.testing.assert_array_equal(layers.dropout(0.0).apply({}, {}, x, train=True)[0], x)
+    assert not layers.dropout(0.0).stochastic and layers.dropout(0.3).stochastic
+
+
+def test_dropout_same_key_same_mask_in_both_gradient_paths():
+    layer = layers.dropout(0.5)
+    x = jax.random.normal(jax.random.key(0), (6, 8)) + 2.0  # no exact zeros in x
+    key = jax.random.key(3)
+
+    def loss(layer):
+        return lambda x: jnp.sum(layer.apply({}, {}, x, train=True, key=key)[0] ** 2)
+
+    y, _ = layer.apply({}, {}, x, train=True, key=key)
+    g_auto = jax.grad(loss(layer))(x)
+    g_manual = jax.grad(loss(manual(layer)))(x)
+    np.testing.assert_array_equal(g_manual, g_auto)  # same mask, same scale: the same numbers
+    dropped = np.asarray(y == 0)
+    assert dropped.any() and (~dropped).any()
+    np.testing.assert_array_equal(np.asarray(g_auto)[dropped], 0.0)  # dropped units get none
+    y2, _ = layer.apply({}, {}, x, train=True, key=jax.random.key(4))
+    assert not np.array_equal(np.asarray(y2 == 0), dropped)  # another key, another mask
+
+
+def test_dropout_bad_input():
+    with pytest.raises(ValueError, match=r"needs a PRNG key.*key=jax.random.key"):
+        layers.dropout(0.5).apply({}, {}, jnp.ones(3), train=True)
+    with pytest.raises(ValueError, match=r"needs a PRNG key"):
+        layers.dropout(0.5).vjp({}, {}, jnp.ones(3), train=True)
+    for rate in (1.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"probability of DROPPING.*\[0, 1\).*keep"):
+            layers.dropout(rate)
+    with pytest.raises(TypeError, match="number"):
+        layers.dropout("0.5")
+    with pytest.raises(ValueError, match="no parameters"):
+        layers.dropout(0.5).apply({"w": jnp.ones(1)}, {}, jnp.ones(3), train=False)
+    with pytest.raises(TypeError, match="floating-point"):
+        layers.dropout(0.5).apply({}, {}, jnp.ones(3, jnp.int32), train=False)
+
+
+def test_activation_layer_refuses_params():
+    with pytest.raises(ValueError, match="no parameters"):
+        layers.activation("tanh").apply({"w": jnp.ones(1)}, {}, jnp.ones(3), train=False)

@@ -3,26 +3,23 @@ independent numpy/math formulas, stability at extreme logits, and input validati
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from numerics import norm_rel_err
+from numerics import RTOL, norm_rel_err
 
-from jaxnn import gradcheck
 from jaxnn import losses as L
 
 NAMES = sorted(L.LOSSES)
 SAME_SHAPE = [n for n in NAMES if n != "softmax_cross_entropy_with_integer_labels"]
 EPS64 = float(np.finfo(np.float64).eps)
 
-# Hand-derived vs autodiff: the same formula with a different order of rounding, a few ulps
-# times the condition; 1e-10 leaves room for a condition of ~1e5 and still fails any wrong
-# formula (O(1) relative error). Same as gradcheck's default.
-RTOL = 1e-10
 # Rounding floor where the gradient is a small difference of larger terms (softmax - y for a
 # confident right answer, sigma(z) - t, out - target): each side forms it in <= 4 rounded
 # steps on terms of size <= M (see term_scale), so the two differ by <= 8 eps M absolutely.
@@ -86,9 +83,8 @@ def term_scale(name, pred, target):
 # ----------------------------------------------------------------------------- gradients
 
 
-@functools.cache
-def _hand(name, wrap):
-    return wrap(L.LOSSES[name].grad)
+def _hand(name):
+    return L.LOSSES[name].grad  # a module-level function: its jitted variant compiles once
 
 
 @functools.cache
@@ -97,8 +93,8 @@ def _autodiff(name):
     return jax.jit(jax.grad(L.LOSSES[name].fn))
 
 
-def _check_grad(name, wrap, pred, target):
-    g = np.asarray(_hand(name, wrap)(jnp.asarray(pred), jnp.asarray(target)))
+def _check_grad(name, variant, pred, target):
+    g = np.asarray(variant(_hand(name))(jnp.asarray(pred), jnp.asarray(target)))
     g_ref = np.asarray(_autodiff(name)(jnp.asarray(pred), jnp.asarray(target)))
     assert g.dtype == np.float64
     assert g.shape == pred.shape
@@ -108,11 +104,13 @@ def _check_grad(name, wrap, pred, target):
     assert np.max(np.abs(g - g_ref)) <= RTOL * scale + floor, norm_rel_err(g, g_ref)
 
 
-@pytest.mark.parametrize("name", sorted(L.LOSSES))
-@given(data=st.data())
-def test_grad_matches_autodiff(name, maybe_jit, data):
-    # The inputs are drawn inside the test: their strategy depends on the loss.
-    _check_grad(name, maybe_jit, *data.draw(loss_inputs(name)))
+class GradTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(*((name, name) for name in sorted(L.LOSSES)))
+    @given(data=st.data())
+    def test_grad_matches_autodiff(self, name, data):
+        # The inputs are drawn inside the test: their strategy depends on the loss.
+        _check_grad(name, self.variant, *data.draw(loss_inputs(name)))
 
 
 def test_bce_autodiff_at_zero_logit():
@@ -344,12 +342,3 @@ def test_get_unknown_name_lists_known():
         L.get("nope")
     for name in NAMES:
         assert name in str(info.value)
-
-
-# ----------------------------------------------------------------------------- registry
-
-
-def test_registry_lists_every_loss():
-    reg = gradcheck.registered()
-    for name in NAMES:
-        assert f"losses.{name}" in reg

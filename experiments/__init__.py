@@ -1,0 +1,9 @@
+"""The experiments: one module per claim of the source text, run by ``jaxnn reproduce``.
+
+This folder is installed as the package ``jaxnn_experiments`` (so that it never shadows an
+``experiments`` package of yours): ``python -m jaxnn_experiments.backprop_worked_example``
+runs one experiment; the CLI, the tests and the benchmarks import them by that name.
+"""
+
+# The experiments `jaxnn reproduce` runs, in order; each module has main(out_dir).
+EXPERIMENTS = ("backprop_worked_example", "batchnorm_saturation", "batchnorm_ioffe_digits")

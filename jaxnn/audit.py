@@ -1,0 +1,360 @@
+"""The audit: one gradient case for every public component, in one explicit list.
+
+``jaxnn gradcheck`` runs every case of :data:`CASES` (and the cases a user registers with
+:func:`jaxnn.gradcheck.register`) at random shapes and seeds, comparing the hand-derived
+gradient with ``jax.grad`` and finite differences (:func:`jaxnn.gradcheck.check_gradients`).
+Nothing registers itself on import: this module *is* the list, and :func:`missing` names any
+public activation, loss, layer factory or penalty that has no case (a test keeps it empty).
+
+Case names are ``group.component`` or ``group.component.variant`` (``"layers.batchnorm.eval"``),
+``component`` being the public name it covers.
+
+Every layer case is built by :func:`layer_case`: ``f(params, x) = Σ w ⊙ layer(params, x)`` with
+a random cotangent ``w``, whose hand-derived gradient is the layer's ``backward(w)``; it takes
+the layer's ``state`` and, for stochastic layers, the ``key`` held fixed on both sides.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxnn import batchnorm as _batchnorm
+from jaxnn import combinators as _combinators
+from jaxnn import gradcheck
+from jaxnn import layers as _layers
+from jaxnn import losses as _losses
+from jaxnn import regularization as _regularization
+from jaxnn._typing import Array, Layer, Params, PRNGKey, Shape, State
+from jaxnn.activations import ACTIVATIONS, Activation
+from jaxnn.backprop import backprop, value_and_grad
+
+__all__ = ["CASES", "cases", "components", "layer_case", "missing", "random_targets"]
+
+MakeCase = Callable[[PRNGKey], gradcheck.GradCase]
+_NORMAL = jax.nn.initializers.normal(1.0)  # non-zero biases, so their gradients are exercised
+_SMOOTH = ("sigmoid", "tanh", "softplus", "gelu", "gelu_tanh", "silu", "elu", "selu")
+
+
+def _dims(key: PRNGKey, n: int, low: int, high: int) -> list[int]:
+    return [int(d) for d in jax.random.randint(key, (n,), low, high)]
+
+
+def layer_case(
+    key: PRNGKey,
+    layer: Layer,
+    input_shape: Shape,
+    *,
+    train: bool,
+    state: State | None = None,
+    layer_key: PRNGKey | None = None,
+    description: str | None = None,
+    **keywords: Any,
+) -> gradcheck.GradCase:
+    """The gradient case of ``layer``: ``f(params, x) = Σ w ⊙ layer.apply(params, state, x)[0]``.
+
+    Args:
+      key: draws the params, ``x ~ N(0, 1)`` and the cotangent ``w ~ N(0, 1)``.
+      layer, input_shape: the layer and its input's shape.
+      train: the mode, on both sides.
+      state: the layer's state (default: what ``init`` returns), e.g. random running
+        statistics for an eval-mode BatchNorm.
+      layer_key: the key a stochastic layer draws from, the same on both sides (default: one
+        drawn from ``key`` when the layer is stochastic).
+      description: for the report (default: the input shape).
+      keywords: keyword arrays for the layer (BatchNorm's ``mask``).
+
+    The hand-derived gradient is ``layer.vjp(...)``'s ``backward(w)``, for params and ``x``.
+    """
+    k_init, k_x, k_w, k_layer = jax.random.split(key, 4)
+    shape = tuple(int(d) for d in input_shape)
+    with jax.enable_x64(True):
+        params, init_state = layer.init(k_init, shape)
+        params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+        state = init_state if state is None else state
+        if layer_key is None and layer.stochastic:
+            layer_key = k_layer
+        x = jax.random.normal(k_x, shape, jnp.float64)
+        run = dict(train=train, key=layer_key, **keywords)
+        y, _ = layer.apply(params, state, x, **run)
+        w = jax.random.normal(k_w, y.shape, jnp.float64)
+
+    def f(params: Params, x: Array) -> Array:
+        return jnp.sum(w * layer.apply(params, state, x, **run)[0])
+
+    def grad_fn(params: Params, x: Array) -> tuple[Params, Array]:
+        return layer.vjp(params, state, x, **run)[2](w)
+
+    return gradcheck.GradCase(f, (params, x), grad_fn, (0, 1), description or f"x{shape}")
+
+
+# ----------------------------------------------------------------------------- activations, losses
+
+
+def _activation(act: Activation) -> MakeCase:
+    def make(key: PRNGKey) -> gradcheck.GradCase:
+        k_shape, k_x, k_w = jax.random.split(key, 3)
+        shape = tuple(_dims(k_shape, 2, 1, 6))
+        x = 3.0 * jax.random.normal(k_x, shape, jnp.float64)
+        x = jnp.where(jnp.abs(x) < 1e-3, 1e-3 + jnp.abs(x), x)  # finite differences off kinks
+        w = jax.random.normal(k_w, shape, jnp.float64)  # a random cotangent
+
+        def f(x: Array) -> Array:
+            return jnp.sum(w * act.fn(x))
+
+        def grad_fn(x: Array) -> Array:
+            return act.vjp(x)[1](w)
+
+        return gradcheck.GradCase(f, (x,), grad_fn, 0, f"x{shape}")
+
+    return make
+
+
+def random_targets(name: str, key: PRNGKey, shape: tuple[int, ...]) -> Array:
+    """Valid targets for the loss ``name`` and predictions of ``shape``, drawn from ``key``."""
+    if name == "softmax_cross_entropy":
+        return jax.nn.softmax(jax.random.normal(key, shape, jnp.float64))
+    if name == "softmax_cross_entropy_with_integer_labels":
+        return jax.random.randint(key, shape[:-1], 0, shape[-1])
+    if name == "binary_cross_entropy_with_logits":
+        return jax.random.uniform(key, shape, jnp.float64)
+    return jax.random.normal(key, shape, jnp.float64)
+
+
+def _loss(loss: _losses.Loss) -> MakeCase:
+    def make(key: PRNGKey) -> gradcheck.GradCase:
+        k_shape, k_p, k_t = jax.random.split(key, 3)
+        shape = tuple(_dims(k_shape, 2, 1, 6))
+        predictions = 2.0 * jax.random.normal(k_p, shape, jnp.float64)
+        targets = random_targets(loss.name, k_t, shape)
+        return gradcheck.GradCase(
+            loss.fn, (predictions, targets), loss.grad, 0, f"predictions{shape}"
+        )
+
+    return make
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def _dense(key: PRNGKey) -> gradcheck.GradCase:
+    k_shape, k_case = jax.random.split(key)
+    batch, n_in, n_out = _dims(k_shape, 3, 1, 7)
+    return layer_case(k_case, _layers.dense(n_out, b_init=_NORMAL), (batch, n_in), train=False)
+
+
+def _activation_layer(key: PRNGKey) -> gradcheck.GradCase:
+    k_shape, k_case = jax.random.split(key)
+    return layer_case(
+        k_case, _layers.activation("tanh"), tuple(_dims(k_shape, 2, 1, 6)), train=False
+    )
+
+
+def _dropout(key: PRNGKey) -> gradcheck.GradCase:
+    k_shape, k_case = jax.random.split(key)
+    shape = tuple(_dims(k_shape, 2, 2, 7))
+    return layer_case(
+        k_case, _layers.dropout(0.3), shape, train=True, description=f"train x{shape}"
+    )
+
+
+def _bn_shape(key: PRNGKey) -> tuple[int, ...]:
+    d = _dims(key, 3, 2, 5)
+    # [batch, features] or channels last [batch, length, channels]
+    return (d[1], d[2]) if d[0] % 2 else (d[1], 2, d[2])
+
+
+def _batchnorm_train(key: PRNGKey) -> gradcheck.GradCase:
+    k_shape, k_case = jax.random.split(key)
+    shape = _bn_shape(k_shape)
+    return layer_case(
+        k_case, _batchnorm.batchnorm(), shape, train=True, description=f"train x{shape}"
+    )
+
+
+def _batchnorm_eval(key: PRNGKey) -> gradcheck.GradCase:
+    k_shape, k_case, k_mean, k_var = jax.random.split(key, 4)
+    shape = _bn_shape(k_shape)
+    c = shape[-1]
+    state = _batchnorm.BatchNormState(  # random running statistics, not init's (0, 1)
+        jax.random.normal(k_mean, (c,), jnp.float64),
+        jax.random.uniform(k_var, (c,), jnp.float64, 0.5, 2.0),
+        jnp.asarray(3, jnp.int32),
+    )
+    layer = _batchnorm.batchnorm()
+    return layer_case(k_case, layer, shape, train=False, state=state, description=f"eval x{shape}")
+
+
+def _batchnorm_mask(key: PRNGKey) -> gradcheck.GradCase:
+    k_shape, k_case, k_mask = jax.random.split(key, 3)
+    batch, features = _dims(k_shape, 2, 3, 7)
+    mask = jnp.arange(batch) < 2 + jax.random.randint(k_mask, (), 0, batch - 1)  # >= 2 real rows
+    return layer_case(
+        k_case, _batchnorm.batchnorm(), (batch, features), train=True, mask=mask,
+        description=f"train x({batch}, {features}), {int(mask.sum())} rows in the statistics",
+    )  # fmt: skip
+
+
+def _serial(key: PRNGKey) -> gradcheck.GradCase:
+    k_shape, k_case = jax.random.split(key)
+    batch, n_in, hidden = _dims(k_shape, 3, 2, 6)
+    net = _combinators.serial(
+        _layers.dense(hidden, b_init=_NORMAL),
+        _layers.activation("softplus"),
+        _layers.dropout(0.25),
+        _layers.dense(2, b_init=_NORMAL),
+    )
+    return layer_case(
+        k_case, net, (batch, n_in), train=True, description=f"train x({batch}, {n_in})"
+    )
+
+
+def _mlp(key: PRNGKey) -> gradcheck.GradCase:
+    k_shape, k_act, k_case = jax.random.split(key, 3)
+    sizes = _dims(k_shape, 4, 1, 6)
+    acts = [_SMOOTH[i] for i in _dims(k_act, 2, 0, len(_SMOOTH))]
+    net = _combinators.mlp(sizes[1:], [*acts, "identity"], b_init=_NORMAL)
+    return layer_case(k_case, net, (sizes[0], 3), train=False)
+
+
+def _mlp_batchnorm_dropout(key: PRNGKey) -> gradcheck.GradCase:
+    k_shape, k_case, k_mask = jax.random.split(key, 3)
+    batch, n_in, hidden = _dims(k_shape, 3, 3, 6)
+    net = _combinators.mlp(
+        [hidden, hidden, 2], "sigmoid", batchnorm=True, dropout=0.2, b_init=_NORMAL
+    )
+    mask = jnp.arange(batch) != jax.random.randint(k_mask, (), 0, batch)  # one padding row
+    return layer_case(
+        k_case, net, (batch, n_in), train=True, mask=mask,
+        description=f"train x({batch}, {n_in}), one row masked",
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- penalties
+
+
+def _penalty(name: str) -> MakeCase:
+    def make(key: PRNGKey) -> gradcheck.GradCase:
+        k_shape, k_init, k_scale = jax.random.split(key, 3)
+        n_in, hidden = _dims(k_shape, 2, 1, 5)
+        net = _combinators.mlp([hidden, 2], "tanh", batchnorm=True, b_init=_NORMAL)
+        with jax.enable_x64(True):
+            params, _ = net.init(k_init, (4, n_in))
+            # Kernels moved 0.1 away from 0, where L1's subgradient jumps (finite differences
+            # cannot judge there); biases and gamma/beta are in the tree, unpenalised (their
+            # gradient must be exactly 0).
+            params = jax.tree.map(lambda p: p.astype(jnp.float64) + 0.1 * jnp.sign(p), params)
+            scale = float(jax.random.uniform(k_scale, (), jnp.float64, 0.1, 2.0))
+        penalty = _regularization.PENALTIES[name](scale)
+        return gradcheck.GradCase(
+            penalty.fn, (params,), penalty.grad, 0, f"mlp n_in={n_in}, scale {scale:.3f}"
+        )
+
+    return make
+
+
+# ----------------------------------------------------------------------------- backprop
+
+
+def _network(mode: str) -> MakeCase:
+    """A random MLP under a loss and an L2 penalty: the explicit loop, or the custom_vjp path."""
+
+    def make(key: PRNGKey) -> gradcheck.GradCase:
+        k_shape, k_init, k_x, k_t = jax.random.split(key, 4)
+        batch, n_in, hidden, n_out = _dims(k_shape, 4, 1, 6)
+        with jax.enable_x64(True):
+            net = _combinators.mlp([hidden, hidden, n_out], "tanh", b_init=_NORMAL)
+            params, state = net.init(k_init, (batch, n_in))
+            x = jax.random.normal(k_x, (batch, n_in), jnp.float64)
+            targets = jax.random.normal(k_t, (batch, n_out), jnp.float64)
+        loss, penalty = "mean_squared_error", _regularization.l2(0.1)
+
+        def f(params: Params) -> Array:
+            y, _ = net.apply(params, state, x, train=True)
+            return _losses.mean_squared_error(y, targets) + penalty.fn(params)
+
+        if mode == "loop":
+
+            def grad_fn(params: Params) -> Any:
+                return backprop(net, loss, params, state, x, targets, train=True, penalty=penalty)[
+                    1
+                ]
+
+        else:
+            vg = value_and_grad(net, loss, grad="manual", penalty=penalty)
+
+            def grad_fn(params: Params) -> Any:
+                return vg(params, state, x, targets, train=True)[1]
+
+        return gradcheck.GradCase(f, (params,), grad_fn, 0, f"mlp x({batch}, {n_in}) + l2")
+
+    return make
+
+
+# ----------------------------------------------------------------------------- the list
+
+CASES: dict[str, MakeCase] = {
+    **{f"activations.{name}": _activation(act) for name, act in ACTIVATIONS.items()},
+    **{f"losses.{name}": _loss(loss) for name, loss in _losses.LOSSES.items()},
+    "layers.dense": _dense,
+    "layers.activation": _activation_layer,
+    "layers.dropout": _dropout,
+    "layers.batchnorm.train": _batchnorm_train,
+    "layers.batchnorm.eval": _batchnorm_eval,
+    "layers.batchnorm.mask": _batchnorm_mask,
+    "layers.serial": _serial,
+    "layers.mlp": _mlp,
+    "layers.mlp.batchnorm_dropout": _mlp_batchnorm_dropout,
+    "regularization.l1": _penalty("l1"),
+    "regularization.l2": _penalty("l2"),
+    "backprop.loop": _network("loop"),
+    "backprop.custom_vjp": _network("custom_vjp"),
+}
+
+
+def components() -> list[str]:
+    """Every public component that must have a case: ``group.name``.
+
+    Activations and losses by their registries' names, penalties by
+    :data:`jaxnn.regularization.PENALTIES`, and every public function of
+    :mod:`jaxnn.layers`, :mod:`jaxnn.batchnorm` and :mod:`jaxnn.combinators` that returns a
+    :class:`~jaxnn.Layer` (found by its return annotation).
+    """
+    names = [f"activations.{n}" for n in ACTIVATIONS]
+    names += [f"losses.{n}" for n in _losses.LOSSES]
+    names += [f"regularization.{n}" for n in _regularization.PENALTIES]
+    for module in (_layers, _batchnorm, _combinators):
+        for public in module.__all__:
+            obj = getattr(module, public)
+            if inspect.isfunction(obj) and inspect.signature(obj).return_annotation in (
+                "Layer",
+                Layer,
+            ):
+                names.append(f"layers.{public}")
+    return names
+
+
+def missing(cases: dict[str, Any] | None = None) -> list[str]:
+    """The components of :func:`components` with no case in ``cases`` (default :data:`CASES`)."""
+    names = CASES if cases is None else cases
+    return [c for c in components() if not any(n == c or n.startswith(c + ".") for n in names)]
+
+
+def cases() -> dict[str, MakeCase]:
+    """The library's cases and the user's (:func:`jaxnn.gradcheck.register`), by name.
+
+    Raises:
+      ValueError: a user case has the name of a library case.
+    """
+    user = gradcheck.registered()
+    clash = sorted(set(user) & set(CASES))
+    if clash:
+        raise ValueError(
+            f"gradcheck.register: {clash} already name jaxnn's own audit cases; register yours "
+            f"under another name (e.g. with your package's prefix)."
+        )
+    return {**CASES, **user}

@@ -1,0 +1,242 @@
+"""Composition: serial and mlp equal jax.vjp; keys split per stochastic layer; keyword arrays
+reach the layers that take them; intermediates; the acceptance network; clear errors."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numerics import RTOL, check_layer_vjp, norm_rel_err
+
+import jaxnn
+from jaxnn import combinators, layers
+from jaxnn.activations import ACTIVATIONS
+from jaxnn.batchnorm import BatchNormState, batchnorm
+
+SMOOTH = ["sigmoid", "tanh", "softplus", "gelu", "gelu_tanh", "silu", "elu", "selu", "identity", "softmax", "log_softmax"]  # fmt: skip
+NORMAL = jax.nn.initializers.normal(1.0)
+
+
+class MlpVjpTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    @settings(max_examples=10)
+    @given(
+        sizes=st.lists(st.integers(1, 3), min_size=1, max_size=3),
+        acts=st.lists(st.sampled_from(SMOOTH), min_size=3, max_size=3),
+        batch=st.integers(1, 3),
+        n_in=st.integers(1, 3),
+        seed=st.integers(0, 2**16),
+    )
+    def test_mlp(self, sizes, acts, batch, n_in, seed):
+        net = combinators.mlp(sizes, acts[: len(sizes)], b_init=NORMAL)
+        check_layer_vjp(self.variant, net, (batch, n_in), seed)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @settings(max_examples=4)
+    @given(seed=st.integers(0, 2**16), train=st.booleans())
+    def test_mlp_with_batchnorm_and_dropout(self, seed, train):
+        net = combinators.mlp([4, 3, 2], "tanh", batchnorm=True, dropout=0.3, b_init=NORMAL)
+        check_layer_vjp(self.variant, net, (5, 3), seed, train=train)
+
+
+def test_acceptance_network_manual_equals_autodiff_with_the_same_key():
+    net = jaxnn.mlp([16, 16, 4], "relu", batchnorm=True, dropout=0.1)
+    k_init, k_x, k_t, k_drop = jax.random.split(jax.random.key(0), 4)
+    params, state = net.init(k_init, (12, 6))
+    x = jax.random.normal(k_x, (12, 6))
+    labels = jax.random.randint(k_t, (12,), 0, 4)
+    mask = jnp.arange(12) < 10  # two padding rows
+    y, new_state = net.apply(params, state, x, train=True, key=k_drop, mask=mask)
+    chex.assert_shape(y, (12, 4))
+    assert int(new_state["batchnorm_1"].count) == 1
+    loss = "softmax_cross_entropy_with_integer_labels"
+    run = dict(train=True, key=k_drop, mask=mask)
+    (v_auto, s_auto), g_auto = jaxnn.value_and_grad(net, loss)(params, state, x, labels, **run)
+    (v_man, s_man), g_man = jaxnn.value_and_grad(net, loss, grad="manual")(params, state, x, labels, **run)  # fmt: skip
+    v_loop, g_loop, _ = jaxnn.backprop.backprop(net, loss, params, state, x, labels, **run)
+    assert norm_rel_err(g_man, g_auto) <= RTOL
+    assert norm_rel_err(g_loop, g_auto) <= RTOL
+    assert float(v_man) == float(v_auto) == float(v_loop)
+    chex.assert_trees_all_equal(s_man, s_auto)
+    # The mask reached every BatchNorm: its statistics are those of the ten real rows.
+    _, _, acts = jaxnn.intermediates(net, params, state, x, **run)
+    h = acts["dense_0"]
+    mean = jnp.mean(h[:10], axis=0)
+    np.testing.assert_allclose(new_state["batchnorm_1"].mean, 0.1 * mean, rtol=1e-12)
+
+
+def test_keys_are_split_per_stochastic_layer():
+    net = combinators.serial(layers.dropout(0.5), layers.dense(8), layers.dropout(0.5))
+    params, state = net.init(jax.random.key(0), (4, 8))
+    key = jax.random.key(1)
+    _, _, acts = combinators.intermediates(
+        net, params, state, jnp.ones((4, 8)), train=True, key=key
+    )
+    k1, k2 = jax.random.split(key)
+    first, _ = layers.dropout(0.5).apply({}, {}, jnp.ones((4, 8)), train=True, key=k1)
+    np.testing.assert_array_equal(acts["dropout_0"], first)  # the first split key, in order
+    last, _ = layers.dropout(0.5).apply({}, {}, acts["dense_1"], train=True, key=k2)
+    np.testing.assert_array_equal(acts["dropout_2"], last)
+    # One stochastic layer gets the network's key itself.
+    single = combinators.serial(layers.dense(8), layers.dropout(0.5))
+    p, s = single.init(jax.random.key(0), (4, 8))
+    y, _ = single.apply(p, s, jnp.ones((4, 8)), train=True, key=key)
+    h, _ = layers.dense(8).apply(p["dense_0"], {}, jnp.ones((4, 8)), train=False)
+    np.testing.assert_array_equal(y, layers.dropout(0.5).apply({}, {}, h, train=True, key=key)[0])
+
+
+def test_deterministic_networks_need_no_key_and_stochastic_ones_say_so():
+    net = combinators.mlp([3, 2], "tanh")
+    params, state = net.init(jax.random.key(0), (2, 3))
+    net.apply(params, state, jnp.ones((2, 3)), train=True)  # no key: nothing random
+    assert not net.stochastic
+    noisy = combinators.mlp([3, 2], "tanh", dropout=0.2)
+    assert noisy.stochastic
+    params, state = noisy.init(jax.random.key(0), (2, 3))
+    with pytest.raises(ValueError, match="needs a PRNG key"):
+        noisy.apply(params, state, jnp.ones((2, 3)), train=True)
+    y, _ = noisy.apply(params, state, jnp.ones((2, 3)), train=False)  # eval: no key needed
+    chex.assert_shape(y, (2, 2))
+
+
+def test_keyword_arrays_reach_only_the_layers_that_take_them():
+    net = combinators.serial(layers.dense(3), batchnorm(), layers.activation("tanh"), batchnorm())
+    assert net.keywords == ("mask",)
+    params, state = net.init(jax.random.key(0), (6, 2))
+    x = jax.random.normal(jax.random.key(1), (6, 2))
+    mask = jnp.asarray([True, True, False, True, True, False])
+    _, new_state = net.apply(params, state, x, train=True, mask=mask)
+    # Each BatchNorm's statistics equal those of the unpadded rows through the same layers.
+    _, ref_state = net.apply(params, state, x[mask], train=True)
+    for name in ("batchnorm_1", "batchnorm_3"):
+        np.testing.assert_allclose(new_state[name].mean, ref_state[name].mean, rtol=1e-12)
+        np.testing.assert_allclose(new_state[name].var, ref_state[name].var, rtol=1e-12)
+    with pytest.raises(TypeError, match=r"no layer of this network takes.*\['masks'\].*\['mask'\]"):
+        net.apply(params, state, x, train=True, masks=mask)
+    plain = combinators.mlp([3, 2], "tanh")
+    p, s = plain.init(jax.random.key(0), (6, 2))
+    with pytest.raises(TypeError, match="no keyword arrays"):
+        plain.apply(p, s, x, train=True, mask=mask)
+
+
+def test_intermediates_are_the_forward_pass_by_name():
+    net = combinators.mlp([5, 3], "sigmoid", batchnorm=True)
+    params, state = net.init(jax.random.key(0), (8, 4))
+    x = jax.random.normal(jax.random.key(1), (8, 4))
+    y, new_state, acts = combinators.intermediates(net, params, state, x, train=True)
+    assert list(acts) == list(params)
+    h = x
+    for name, layer in zip(params, net.children, strict=True):
+        h, _ = layer.apply(params[name], state[name], h, train=True)
+        np.testing.assert_array_equal(acts[name], h)
+    y_apply, s_apply = net.apply(params, state, x, train=True)
+    np.testing.assert_array_equal(y, y_apply)
+    chex.assert_trees_all_equal(new_state, s_apply)
+    with pytest.raises(TypeError, match="needs a composition"):
+        combinators.intermediates(layers.dense(2), {}, {}, x, train=False)
+
+
+def test_backward_is_a_pytree_that_crosses_jit_and_does_not_retrace():
+    net = combinators.mlp([3, 2], "tanh", batchnorm=True)
+    params, state = net.init(jax.random.key(0), (4, 3))
+    x = jnp.ones((4, 3))
+    _, _, backward = jax.jit(lambda p, x: net.vjp(p, state, x, train=True))(params, x)
+    assert len(jax.tree.leaves(backward)) > 0  # the saved activations are its leaves
+    dparams, dx = backward(jnp.ones((4, 2)))
+    chex.assert_trees_all_equal_structs(dparams, params)
+    assert dx.shape == x.shape
+    # Static configuration is bound by value: two networks of the same configuration give
+    # backwards of equal structure, so a jitted function of the backward compiles once.
+    other = combinators.mlp([3, 2], "tanh", batchnorm=True)
+    _, _, backward2 = other.vjp(params, state, x, train=True)
+    assert jax.tree.structure(backward) == jax.tree.structure(backward2)
+    traces = []
+
+    @jax.jit
+    def run(b, dy):
+        traces.append(1)
+        return b(dy)
+
+    run(backward, jnp.ones((4, 2)))
+    run(backward2, jnp.ones((4, 2)))
+    assert len(traces) == 1
+
+
+def test_serial_params_are_named_dicts_and_shapes_thread_through():
+    net = combinators.mlp([5, 3], "relu", final_activation="softmax")
+    params, state = net.init(jax.random.key(0), (7, 4))
+    assert list(params) == ["dense_0", "relu_1", "dense_2", "softmax_3"]
+    chex.assert_shape([params["dense_0"]["w"], params["dense_2"]["w"]], [(4, 5), (5, 3)])
+    assert params["relu_1"] == {} and state == {k: {} for k in params}
+    y, _ = net.apply(params, state, jnp.ones((7, 4)), train=False)
+    chex.assert_shape(y, (7, 3))
+    np.testing.assert_allclose(jnp.sum(y, axis=-1), 1.0, rtol=1e-15)
+
+
+def test_mlp_layout_with_batchnorm_and_dropout():
+    net = combinators.mlp([4, 4, 2], "relu", batchnorm=True, dropout=0.1)
+    params, state = net.init(jax.random.key(0), (3, 5))
+    assert list(params) == [
+        "dense_0", "batchnorm_1", "relu_2", "dropout_3",
+        "dense_4", "batchnorm_5", "relu_6", "dropout_7",
+        "dense_8", "identity_9",
+    ]  # fmt: skip
+    assert isinstance(state["batchnorm_5"], BatchNormState)
+
+
+def test_mlp_without_nonlinearity_collapses_to_one_linear_map():
+    # The source text's claim: stacked linear layers stay one linear map.
+    net = combinators.mlp([6, 5, 3], "identity", b_init=NORMAL)
+    params, state = net.init(jax.random.key(1), (8, 4))
+    x = jax.random.normal(jax.random.key(2), (8, 4))
+    w, b = params["dense_0"]["w"], params["dense_0"]["b"]
+    for name in ["dense_2", "dense_4"]:
+        w, b = w @ params[name]["w"], b @ params[name]["w"] + params[name]["b"]
+    y, _ = net.apply(params, state, x, train=False)
+    assert norm_rel_err(y, x @ w + b) <= 1e-13  # three matmuls, rounding only
+
+
+def test_unknown_activation_lists_the_known_ones():
+    with pytest.raises(ValueError) as info:
+        combinators.mlp(
+            [3], "sigmoidd"
+        )  # one layer: the hidden activation is unused, still checked
+    for name in ACTIVATIONS:
+        assert name in str(info.value)
+
+
+def test_params_that_do_not_match_the_network_are_refused():
+    net = combinators.mlp([3, 2], "tanh")
+    params, state = net.init(jax.random.key(0), (1, 4))
+    other, _ = combinators.mlp([3, 3, 2], "tanh").init(jax.random.key(0), (1, 4))
+    x = jnp.ones((1, 4))
+    with pytest.raises(ValueError, match=r"do not match the network.*dense_0.*dense_2"):
+        net.apply(other, state, x, train=False)
+    broken = {**params, "dense_0": {"w": params["dense_0"]["w"]}}  # bias missing
+    with pytest.raises(ValueError, match=r"keys \['b', 'w'\]"):
+        net.vjp(broken, state, x, train=False)
+    with pytest.raises(ValueError, match="bias b has shape"):
+        net.apply(
+            {**params, "dense_2": {**params["dense_2"], "b": jnp.ones(3)}}, state, x, train=False
+        )
+    with pytest.raises(ValueError, match="no parameters"):
+        net.apply({**params, "tanh_1": {"w": jnp.ones(1)}}, state, x, train=False)
+
+
+def test_bad_hyperparameters():
+    with pytest.raises(ValueError, match="3 dense layers need 3 activations"):
+        combinators.mlp([2, 2, 2], ["tanh", "tanh"])
+    with pytest.raises(ValueError, match="not both"):
+        combinators.mlp([2, 2], ["tanh", "tanh"], final_activation="sigmoid")
+    with pytest.raises(TypeError, match="not a Layer"):
+        combinators.serial(layers.dense(2), "tanh")
+    with pytest.raises(TypeError, match=r"list of layer sizes, e.g. \[100, 10\], got 3"):
+        combinators.mlp(3)
+    with pytest.raises(TypeError, match=r"elementwise\(name, fn, derivative\)"):
+        combinators.mlp([3], jnp.tanh)
+    with pytest.raises(ValueError, match="probability of DROPPING"):
+        combinators.mlp([3, 2], "relu", dropout=1.0)
+    with pytest.raises(TypeError, match="input_shape"):
+        combinators.mlp([3]).init(jax.random.key(0), 4)
