@@ -17,7 +17,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jaxnn import layers
+import jaxnn
 from jaxnn.train import TrainState, make_train_step, sgd
 
 
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     args = parser.parse_args()
 
-    net = layers.mlp([256, 256, 10], "sigmoid", batchnorm=True, param_dtype=jnp.float32)
+    net = jaxnn.mlp([256, 256, 10], "sigmoid", batchnorm=True, param_dtype=jnp.float32)
     params, state = net.init(jax.random.key(0), (args.batch, 784))
     xs = jax.random.normal(jax.random.key(1), (args.steps, args.batch, 784), jnp.float32)
     ys = jax.random.randint(jax.random.key(2), (args.steps, args.batch), 0, 10)

@@ -13,21 +13,13 @@ times, so that machine noise hits them alike; the script prints medians and rati
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import time
-from pathlib import Path
 
 import jax
 
+import jaxnn_experiments.backprop_worked_example as example
 from jaxnn.train import TrainState, fit_full_batch, make_train_step, sgd
-
-ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location(
-    "example", ROOT / "experiments" / "backprop_worked_example.py"
-)
-example = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(example)
 
 
 def main() -> None:
@@ -42,7 +34,7 @@ def main() -> None:
         x = jnp.asarray([example.NETWORK["inputs"]], jnp.float64)
         t = jnp.asarray([example.NETWORK["targets"]], jnp.float64)
         params, state = net.init(jax.random.key(0), x.shape)
-        opt = sgd(example.NETWORK["learning_rate"], trainable=example._trainable)
+        opt = sgd(example.NETWORK["learning_rate"], trainable=example.weights_only)
         ts0 = TrainState(params, state, opt.init(params))
         steps = {
             mode: make_train_step(net, "squared_error", opt, grad=mode)

@@ -3,6 +3,7 @@
 This folder is installed as the package ``jaxnn_experiments`` (so that it never shadows an
 ``experiments`` package of yours): ``python -m jaxnn_experiments.backprop_worked_example``
 runs one experiment; the CLI, the tests and the benchmarks import them by that name.
+``common`` holds what every experiment shares: ``publish`` (JSON, figure, report), ``table``.
 """
 
 # The experiments `jaxnn reproduce` runs, in order; each module has main(out_dir).

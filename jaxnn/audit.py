@@ -72,20 +72,26 @@ def layer_case(
     """
     k_init, k_x, k_w, k_layer = jax.random.split(key, 4)
     shape = tuple(int(d) for d in input_shape)
-    with jax.enable_x64(True):
+    if layer_key is None and layer.stochastic:
+        layer_key = k_layer
+
+    def draw(k_init, k_x, k_w, state, layer_key, keywords):
+        # One compiled draw (eager ops would compile once per op and shape).
         params, init_state = layer.init(k_init, shape)
         params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
         state = init_state if state is None else state
-        if layer_key is None and layer.stochastic:
-            layer_key = k_layer
         x = jax.random.normal(k_x, shape, jnp.float64)
-        run = dict(train=train, key=layer_key, **keywords)
-        y, _ = layer.apply(params, state, x, **run)
-        w = jax.random.normal(k_w, y.shape, jnp.float64)
+        y, _ = layer.apply(params, state, x, train=train, key=layer_key, **keywords)
+        return params, state, x, jax.random.normal(k_w, y.shape, jnp.float64)
+
+    with jax.enable_x64(True):
+        params, state, x, w = jax.jit(draw)(k_init, k_x, k_w, state, layer_key, keywords)
+    run = dict(train=train, key=layer_key, **keywords)
 
     def f(params: Params, x: Array) -> Array:
         return jnp.sum(w * layer.apply(params, state, x, **run)[0])
 
+    @jax.jit  # the hand rules compiled, as training runs them (eager is checked in the tests)
     def grad_fn(params: Params, x: Array) -> tuple[Params, Array]:
         return layer.vjp(params, state, x, **run)[2](w)
 
@@ -243,7 +249,7 @@ def _penalty(name: str) -> MakeCase:
         n_in, hidden = _dims(k_shape, 2, 1, 5)
         net = _combinators.mlp([hidden, 2], "tanh", batchnorm=True, b_init=_NORMAL)
         with jax.enable_x64(True):
-            params, _ = net.init(k_init, (4, n_in))
+            params, _ = jax.jit(net.init, static_argnums=1)(k_init, (4, n_in))
             # Kernels moved 0.1 away from 0, where L1's subgradient jumps (finite differences
             # cannot judge there); biases and gamma/beta are in the tree, unpenalised (their
             # gradient must be exactly 0).
@@ -268,7 +274,7 @@ def _network(mode: str) -> MakeCase:
         batch, n_in, hidden, n_out = _dims(k_shape, 4, 1, 6)
         with jax.enable_x64(True):
             net = _combinators.mlp([hidden, hidden, n_out], "tanh", b_init=_NORMAL)
-            params, state = net.init(k_init, (batch, n_in))
+            params, state = jax.jit(net.init, static_argnums=1)(k_init, (batch, n_in))
             x = jax.random.normal(k_x, (batch, n_in), jnp.float64)
             targets = jax.random.normal(k_t, (batch, n_out), jnp.float64)
         loss, penalty = "mean_squared_error", _regularization.l2(0.1)

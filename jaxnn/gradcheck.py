@@ -56,6 +56,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
+from jax.flatten_util import ravel_pytree
 
 from jaxnn._typing import PRNGKey
 
@@ -81,6 +83,7 @@ HAND = "hand-derived"
 AUTO = "jax.grad"
 FD = "finite differences"
 
+_EPS = float(np.finfo(np.float64).eps)
 _FD_ROUNDING_ULPS = 16.0  # floor: a few ulps of the derivative itself
 _FD_NOISE_SIGMAS = 4.0  # the rounding noise of D(h) has std sigma / (sqrt(2) h); allow ~5.7 std
 _FD_SAFETY = 2.0
@@ -183,7 +186,7 @@ def _promote(tree: Any) -> tuple[Any, bool]:
         x = jnp.asarray(x)
         if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != jnp.float64:
             promoted = True
-            return x.astype(jnp.float64)
+            return jnp.asarray(np.asarray(x, np.float64))  # on the host: no compile per shape
         return x
 
     return jax.tree.map(one, tree), promoted
@@ -298,7 +301,7 @@ def check_gradients(
         # gradient (every leaf of every differentiated argument).
         scale = max(
             (
-                float(jnp.max(jnp.abs(g), initial=0.0))
+                float(np.max(np.abs(np.asarray(g, np.float64)), initial=0.0))
                 for t in (auto_t, hand_t or ())
                 for g in jax.tree.leaves(t)
             ),
@@ -315,7 +318,12 @@ def check_gradients(
                         f"but the argument (and jax.grad) has structure {treedef}."
                     )
                 hand_leaves = jax.tree.leaves(hand_t[pos])
-            x_leaves = jax.tree.leaves(args64[argnum])
+            x_leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(args64[argnum])]
+            plans: list[_FdPlan | None] = []
+            for x in x_leaves:
+                key, sub = jax.random.split(key)
+                plans.append(_fd_plan(x, fd_samples, sub) if x.size else None)
+            values = _fd_values(f, args64, argnum, plans) if any(plans) else plans
             for j, (path, g_auto) in enumerate(auto_leaves):
                 name = f"args[{argnum}]{jax.tree_util.keystr(path)}"
                 g_auto = np.asarray(g_auto, dtype=np.float64)
@@ -329,11 +337,10 @@ def check_gradients(
                             f"leaf has shape {g_auto.shape}."
                         )
                     pairs.append(_compare_exact(g_hand, g_auto, (HAND, AUTO), rtol, scale))
-                key, sub = jax.random.split(key)
-                fd_pairs = _fd_check(
-                    f, args64, argnum, j, x_leaves[j], g_auto, g_hand, fd_samples, sub, scale
-                )
-                pairs.extend(fd_pairs)
+                if plans[j] is not None:
+                    pairs.extend(
+                        _fd_compare(plans[j], values[j], x_leaves[j], g_auto, g_hand, scale)
+                    )
                 leaves.append(LeafReport(name, tuple(g_auto.shape), tuple(pairs)))
     report = GradReport(tuple(leaves), rtol, tuple(notes))
     if raise_on_mismatch and not report.ok:
@@ -342,59 +349,104 @@ def check_gradients(
     return report
 
 
-def _fd_check(
-    f: Callable[..., Any],
-    args: tuple[Any, ...],
-    argnum: int,
-    leaf_pos: int,
-    x: jax.Array,
-    g_auto: np.ndarray,
-    g_hand: np.ndarray | None,
-    fd_samples: int,
-    key: PRNGKey,
-    scale: float,
-) -> list[PairResult]:
-    """Central differences on sampled coordinates and along one random direction of a leaf."""
-    if x.size == 0:
-        return []
-    leaves, treedef = jax.tree.flatten(args[argnum])
+class _FdPlan(NamedTuple):
+    """Where one leaf is probed: sampled coordinates, one random unit direction, the steps."""
 
-    def f_leaf(leaf: jax.Array) -> jax.Array:
-        new = list(leaves)
-        new[leaf_pos] = leaf
-        a = list(args)
-        a[argnum] = jax.tree.unflatten(treedef, new)
-        return f(*a)
+    flat_idx: np.ndarray  # [m] sampled coordinates of the flattened leaf
+    direction: np.ndarray  # [size] random unit vector
+    h: np.ndarray  # [m + 1] step per probe: the m coordinates, then the direction
 
-    k_idx, k_dir = jax.random.split(key)
+
+def _fd_plan(x: np.ndarray, fd_samples: int, key: PRNGKey) -> _FdPlan:
+    # Drawn on the host (numpy, seeded from the key): eager JAX ops would compile anew for
+    # every leaf shape.
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
     if x.size <= fd_samples:
         flat_idx = np.arange(x.size)
     else:
-        flat_idx = np.sort(
-            np.asarray(jax.random.choice(k_idx, x.size, (fd_samples,), replace=False))
-        )
-    eps = float(jnp.finfo(jnp.float64).eps)
+        flat_idx = np.sort(rng.choice(x.size, fd_samples, replace=False))
+    v = rng.standard_normal(x.size)
+    v = v / np.linalg.norm(v)
     xf = x.reshape(-1)
-    # Directions: unit vectors at the sampled coordinates, then one random unit direction.
-    m = len(flat_idx)
-    units = jnp.zeros((m, x.size), x.dtype).at[jnp.arange(m), flat_idx].set(1.0)
-    v = jax.random.normal(k_dir, (x.size,), x.dtype)
-    v = v / jnp.linalg.norm(v)
-    dirs = jnp.concatenate([units, v[None]], axis=0)  # [m + 1, size]
-    h_coord = eps ** (1 / 3) * jnp.maximum(1.0, jnp.abs(xf[flat_idx]))
-    h_dir = eps ** (1 / 3) * jnp.maximum(1.0, jnp.max(jnp.abs(xf)))
-    h = jnp.concatenate([h_coord, h_dir[None]])  # [m + 1]
-
-    def at(step: jax.Array, d: jax.Array) -> jax.Array:
-        return f_leaf((xf + step * d).reshape(x.shape))
-
-    # f at x + j h d for j = -4..4: the central differences use j = +-1, +-2, and the
-    # fourth differences of all nine estimate the rounding noise of f.
-    js = jnp.arange(-4, 5, dtype=x.dtype)
-    values = np.asarray(
-        jax.jit(jax.vmap(lambda hh, d: jax.vmap(lambda j: at(j * hh, d))(js)))(h, dirs)
+    root = _EPS ** (1 / 3)
+    h = np.concatenate(
+        [root * np.maximum(1.0, np.abs(xf[flat_idx])), [root * max(1.0, float(np.max(np.abs(xf))))]]
     )
-    hn = np.asarray(h)
+    return _FdPlan(flat_idx, v, h)
+
+
+def _fd_values(
+    f: Callable[..., Any], args: tuple[Any, ...], argnum: int, plans: list[_FdPlan | None]
+) -> list[np.ndarray | None]:
+    """``f`` at ``x + j h d``, ``j = -4..4``, for every probe of every leaf of ``args[argnum]``.
+
+    One compiled program for all leaves: the argument is flattened to one vector ``θ``;
+    a coordinate probe adds ``j h`` to one entry, a direction probe adds ``j h v`` with ``v``
+    zero outside its leaf. Probes run in a ``lax.map`` (one at a time: memory stays that of
+    nine evaluations of ``f``), the nine steps of each in a ``vmap``.
+
+    Returns:
+      Per leaf, ``[m + 1, 9]`` values (``None`` for an empty leaf).
+    """
+    theta, unravel = ravel_pytree(args[argnum])
+    sizes = [int(np.size(leaf)) for leaf in jax.tree.leaves(args[argnum])]
+    offsets = np.cumsum([0, *sizes])
+    used = [i for i, plan in enumerate(plans) if plan is not None]
+    idx = np.concatenate([offsets[i] + plans[i].flat_idx for i in used])
+    h_units = np.concatenate([plans[i].h[:-1] for i in used])
+    dirs = np.zeros((len(used), theta.size))
+    for row, i in enumerate(used):
+        dirs[row, offsets[i] : offsets[i + 1]] = plans[i].direction
+    h_dirs = np.asarray([plans[i].h[-1] for i in used])
+
+    def f_flat(t: jax.Array) -> jax.Array:
+        a = list(args)
+        a[argnum] = unravel(t)
+        return f(*a)
+
+    @jax.jit
+    def run(theta, idx, h_units, dirs, h_dirs):
+        js = jnp.arange(-4, 5, dtype=theta.dtype)
+
+        def unit(probe):
+            i, hh = probe
+            return jax.vmap(lambda j: f_flat(theta.at[i].add(j * hh)))(js)
+
+        def direction(probe):
+            v, hh = probe
+            return jax.vmap(lambda j: f_flat(theta + (j * hh) * v))(js)
+
+        return lax.map(unit, (idx, h_units)), lax.map(direction, (dirs, h_dirs))
+
+    dt = theta.dtype
+    v_units, v_dirs = run(
+        theta,
+        jnp.asarray(idx),
+        jnp.asarray(h_units, dt),
+        jnp.asarray(dirs, dt),
+        jnp.asarray(h_dirs, dt),
+    )
+    v_units, v_dirs = np.asarray(v_units), np.asarray(v_dirs)
+    out: list[np.ndarray | None] = [None] * len(plans)
+    start = 0
+    for row, i in enumerate(used):
+        m = len(plans[i].flat_idx)
+        out[i] = np.concatenate([v_units[start : start + m], v_dirs[row : row + 1]])
+        start += m
+    return out
+
+
+def _fd_compare(
+    plan: _FdPlan,
+    values: np.ndarray,
+    x: np.ndarray,
+    g_auto: np.ndarray,
+    g_hand: np.ndarray | None,
+    scale: float,
+) -> list[PairResult]:
+    """Each gradient's projections on the probes against the central differences and their
+    derived bound (module docstring)."""
+    hn = plan.h
     d_h = (values[:, 5] - values[:, 3]) / (2 * hn)
     d_2h = (values[:, 6] - values[:, 2]) / (4 * hn)
     # Noise level of f (Moré & Wild, 2011): for independent rounding errors of std sigma,
@@ -405,24 +457,24 @@ def _fd_check(
     sigma = np.maximum(sigma_dir, np.sqrt(np.mean(fourth**2) / 70))
     # Rounding of the perturbed points themselves: x_j + s d_j is off by up to eps |x_j| / 2,
     # which moves f by |g_j| eps |x_j| / 2 for every j the direction touches.
-    g_ref = np.abs(g_auto.reshape(-1)) * np.abs(np.asarray(xf))
-    representation = eps * ((np.asarray(dirs) != 0) @ g_ref) / hn
+    g_ref = np.abs(g_auto.reshape(-1)) * np.abs(x.reshape(-1))
+    touched = np.concatenate([g_ref[plan.flat_idx], [np.sum(g_ref[plan.direction != 0])]])
+    representation = _EPS * touched / hn
     bound = _FD_SAFETY * (
         np.abs(d_h - d_2h) + _FD_NOISE_SIGMAS * sigma / hn + representation
-    ) + _FD_ROUNDING_ULPS * eps * np.maximum(
+    ) + _FD_ROUNDING_ULPS * _EPS * np.maximum(
         np.abs(d_h), _FD_GRADIENT_ULPS / _FD_ROUNDING_ULPS * scale
     )
     bound = np.where(np.isfinite(bound), bound, np.inf)
 
-    indices = [tuple(int(i) for i in np.unravel_index(k, x.shape)) for k in flat_idx]
+    indices = [tuple(int(i) for i in np.unravel_index(k, x.shape)) for k in plan.flat_idx]
     indices.append(("direction",))  # type: ignore[arg-type]
-    vn = np.asarray(v)
     results = []
     for name, g in ((HAND, g_hand), (AUTO, g_auto)):
         if g is None:
             continue
         gf = g.reshape(-1)
-        projected = np.concatenate([gf[flat_idx], [gf @ vn]])
+        projected = np.concatenate([gf[plan.flat_idx], [gf @ plan.direction]])
         results.append(_compare_fd(projected, d_h, bound, indices, (name, FD)))
     return results
 

@@ -5,19 +5,12 @@ the test also recomputes the key numbers with plain Python floats (math.exp), a 
 implementation that shares nothing with jaxnn.
 """
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location(
-    "backprop_worked_example", ROOT / "experiments" / "backprop_worked_example.py"
-)
-example = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(example)
+import jaxnn_experiments.backprop_worked_example as example
 
 
 @pytest.fixture(scope="module")
@@ -65,49 +58,58 @@ def plain_python(steps, sequential=False):
 
 
 # Typed in from the published walk-through of this network.
-PUBLISHED_ONE_STEP = {
-    "E_total": 0.298371109,
-    "dE/dw5": 0.082167041,
-    "w5": 0.35891648,
-    "w1": 0.149780716,
+PUBLISHED = {
+    "e_total": 0.298371109,
+    "de_dw5": 0.082167041,
+    "w5_after_1": 0.35891648,
+    "w1_after_1": 0.149780716,
+    "e_total_after_1": 0.291027924,
+    "e_total_after_n": 0.0000351085,
+    "out_o1_after_n": 0.015912196,
+    "out_o2_after_n": 0.984065734,
 }
+
+
+def test_the_experiment_compares_against_the_published_figures():
+    assert {k: float(v) for k, v in example.PUBLISHED.items()} == PUBLISHED
 
 
 def test_one_step_figures_match_every_printed_digit(result):
     half_ulp_9 = 0.5e-9  # the figures print 9 decimals (w5: 8)
-    assert abs(result["forward"]["E_total"] - PUBLISHED_ONE_STEP["E_total"]) <= half_ulp_9
-    assert (
-        abs(result["gradients"]["dE/dw5"]["manual backprop"] - PUBLISHED_ONE_STEP["dE/dw5"])
-        <= half_ulp_9
-    )
-    assert abs(result["updated weights"]["w5"] - PUBLISHED_ONE_STEP["w5"]) <= 0.5e-8
-    assert abs(result["updated weights"]["w1"] - PUBLISHED_ONE_STEP["w1"]) <= half_ulp_9
+    assert abs(result["forward"]["e_total"] - PUBLISHED["e_total"]) <= half_ulp_9
+    assert abs(result["gradients"]["manual"]["w5"] - PUBLISHED["de_dw5"]) <= half_ulp_9
+    assert abs(result["updated_weights"]["w5"] - PUBLISHED["w5_after_1"]) <= 0.5e-8
+    assert abs(result["updated_weights"]["w1"] - PUBLISHED["w1_after_1"]) <= half_ulp_9
 
 
 def test_manual_backprop_equals_jax_grad_for_every_weight(result):
-    for name, g in result["gradients"].items():
-        if "not applied" in name:
-            continue
+    g = result["gradients"]
+    assert set(g["manual"]) == {f"w{i}" for i in range(1, 9)}
+    for w in g["manual"]:
         # float64, a handful of operations on O(0.1) numbers: a few ulps.
-        assert abs(g["manual - jax.grad"]) <= 1e-15
-        assert abs(g["jax.grad on hand-derived rules"] - g["jax.grad"]) <= 1e-15
+        assert abs(g["manual"][w] - g["autodiff"][w]) <= 1e-15
+        assert abs(g["autodiff_on_hand_rules"][w] - g["autodiff"][w]) <= 1e-15
+    assert result["max_abs_manual_minus_autodiff"] == max(
+        abs(g["manual"][w] - g["autodiff"][w]) for w in g["manual"]
+    )
 
 
 def test_every_published_figure_is_accounted_for(result):
-    comparison = result["published vs jaxnn"]
-    assert set(comparison) == set(example.PUBLISHED)
-    assert result["all published figures accounted for"]
+    figures = result["figures"]
+    assert set(figures) == set(PUBLISHED)
+    assert result["all_published_reproduced"]
     expected = {
-        "E_total": [example.STATED],
-        "dE/dw5": [example.STATED],
-        "w5 after one update": [example.STATED],
-        "w1 after one update": [example.STATED],
-        "E_total after one update": [example.SEQUENTIAL],
-        "E_total after 10,000 updates": [example.LOGGED],
-        "out_o1 after 10,000 updates": [example.SEQUENTIAL],
-        "out_o2 after 10,000 updates": [example.SEQUENTIAL],
+        "e_total": ["stated"],
+        "de_dw5": ["stated"],
+        "w5_after_1": ["stated"],
+        "w1_after_1": ["stated"],
+        "e_total_after_1": ["sequential"],
+        "e_total_after_n": ["logged"],
+        "out_o1_after_n": ["sequential"],
+        "out_o2_after_n": ["sequential"],
     }
-    assert {k: c["reproduced by"] for k, c in comparison.items()} == expected
+    assert {k: f["reproduced_by"] for k, f in figures.items()} == expected
+    assert set(result["rules"]) == {"stated", "sequential", "logged"}
 
 
 def test_jaxnn_agrees_with_an_independent_plain_python_run(result):
@@ -116,22 +118,20 @@ def test_jaxnn_agrees_with_an_independent_plain_python_run(result):
     # ~1e4 steps * 2 ulps = 4.4e-12 relative in the outputs (linear worst case; a random walk
     # gives ~1e-14). E ~ (o - t)^2 with o - t ~ 0.37 o amplifies that ~5.4x: 2.4e-11.
     out_rtol, err_rtol = 5e-12, 3e-11
-    assert result["E_total after one update"] == pytest.approx(errors[1], rel=1e-14)
-    after = result["after 10,000 updates"]
-    assert after["E_total"] == pytest.approx(errors[-1], rel=err_rtol)
-    assert after["E_total logged by the last iteration (after 9,999 updates)"] == pytest.approx(
-        errors[-2], rel=err_rtol
-    )
-    assert (after["out_o1"], after["out_o2"]) == pytest.approx(outputs, rel=out_rtol)
+    f = result["figures"]
+    assert f["e_total_after_1"]["stated"] == pytest.approx(errors[1], rel=1e-14)
+    assert f["e_total_after_n"]["stated"] == pytest.approx(errors[-1], rel=err_rtol)
+    assert f["e_total_after_n"]["logged"] == pytest.approx(errors[-2], rel=err_rtol)
+    stated_outputs = (f["out_o1_after_n"]["stated"], f["out_o2_after_n"]["stated"])
+    assert stated_outputs == pytest.approx(outputs, rel=out_rtol)
     seq_errors, seq_outputs = plain_python(example.NUM_STEPS, sequential=True)
-    seq = result["sequential rule"]
-    assert seq["E_total after one update"] == pytest.approx(seq_errors[1], rel=1e-14)
-    assert (
-        seq["out_o1 after 10,000 updates"],
-        seq["out_o2 after 10,000 updates"],
-    ) == pytest.approx(seq_outputs, rel=out_rtol)
+    assert f["e_total_after_1"]["sequential"] == pytest.approx(seq_errors[1], rel=1e-14)
+    assert f["e_total_after_n"]["sequential"] == pytest.approx(seq_errors[-1], rel=err_rtol)
+    seq = (f["out_o1_after_n"]["sequential"], f["out_o2_after_n"]["sequential"])
+    assert seq == pytest.approx(seq_outputs, rel=out_rtol)
 
 
 def test_the_loss_falls(result):
-    assert result["E_total after one update"] < result["forward"]["E_total"]
-    assert result["after 10,000 updates"]["E_total"] < 1e-4
+    f = result["figures"]
+    assert f["e_total_after_1"]["stated"] < result["forward"]["e_total"]
+    assert f["e_total_after_n"]["stated"] < 1e-4

@@ -1,0 +1,117 @@
+"""What every experiment does around its computation: write the JSON, save the figure, print.
+
+An experiment computes a JSON-ready result whose keys are identifiers (ASCII snake_case; a
+key that is a number, such as a learning rate, is data and may stay one) and keeps one
+``LABELS`` map from identifier to human label (the label may hold σ, ∂, ...). Its report and
+figure take every label from that map, and :func:`publish` writes the map into the JSON
+under ``"labels"``, so a reader of the JSON has it too. An experiment's ``main`` is::
+
+    def main(out_dir="results"):
+        result = run()
+        return common.publish(NAME, out_dir, result, LABELS, report(result), figure(result))
+
+and ``python -m jaxnn_experiments.<name> [out_dir]`` runs it through :func:`script`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+__all__ = ["figure", "publish", "script", "table"]
+
+DPI = 110
+_IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def _is_data_key(key: str) -> bool:
+    try:
+        float(key)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_keys(tree: Any, where: str = "result") -> None:
+    """Every dict key in ``tree`` is an identifier or a number (a data value such as 0.5)."""
+    if isinstance(tree, Mapping):
+        for key, value in tree.items():
+            if not (_IDENTIFIER.fullmatch(key) or _is_data_key(key)):
+                raise ValueError(
+                    f"{where}: the key {key!r} is not an ASCII snake_case identifier. Keys are "
+                    f"identifiers; put the words in the experiment's LABELS map."
+                )
+            _check_keys(value, f"{where}[{key!r}]")
+    elif isinstance(tree, list | tuple):
+        for i, value in enumerate(tree):
+            _check_keys(value, f"{where}[{i}]")
+
+
+def figure(figsize: tuple[float, float]) -> Figure:
+    """A matplotlib ``Figure`` (no pyplot: no global state, no GUI backend)."""
+    return Figure(figsize=figsize, layout="constrained")
+
+
+def table(
+    rows: Sequence[Sequence[Any]], header: Sequence[str] | None = None, align: str = ""
+) -> str:
+    """Rows as aligned text columns.
+
+    Args:
+      rows: the cells, converted with ``str``.
+      header: optional column titles.
+      align: ``"l"`` or ``"r"`` per column; the default left-aligns the first column and
+        right-aligns the others.
+    """
+    cells = [[str(c) for c in r] for r in ([header] if header else []) + list(rows)]
+    n = len(cells[0])
+    align = align or "l" + "r" * (n - 1)
+    widths = [max(len(r[i]) for r in cells) for i in range(n)]
+    return "\n".join(
+        "  "
+        + "  ".join(
+            c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(r, widths, align, strict=True)
+        ).rstrip()
+        for r in cells
+    )
+
+
+def publish(
+    name: str,
+    out_dir: Path | str,
+    result: dict[str, Any],
+    labels: Mapping[str, str],
+    report: str,
+    figure: Figure | None = None,
+) -> dict[str, Any]:
+    """Write ``<name>.json`` (and ``<name>.png``) into ``out_dir``, print the report.
+
+    Returns:
+      ``result`` with ``labels`` added under ``"labels"``: what the JSON holds.
+
+    Raises:
+      ValueError: a key of ``result`` or ``labels`` is not an identifier (nothing is written).
+    """
+    result = {**result, "labels": dict(labels)}
+    _check_keys(result)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / f"{name}.json"]
+    written[0].write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    if figure is not None:
+        written.append(out / f"{name}.png")
+        figure.savefig(written[-1], dpi=DPI)
+    print(report)
+    print("wrote " + " and ".join(str(p) for p in written))
+    return result
+
+
+def script(main: Callable[[str], Any]) -> None:
+    """``python -m jaxnn_experiments.<name> [out_dir]``: run ``main`` (default ``results``)."""
+    main(sys.argv[1] if len(sys.argv) > 1 else "results")
