@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxnn import batchnorm as _batchnorm
 from jaxnn import combinators as _combinators
@@ -41,7 +42,17 @@ _SMOOTH = ("sigmoid", "tanh", "softplus", "gelu", "gelu_tanh", "silu", "elu", "s
 
 
 def _dims(key: PRNGKey, n: int, low: int, high: int) -> list[int]:
-    return [int(d) for d in jax.random.randint(key, (n,), low, high)]
+    return [int(d) for d in _host_rng(key).integers(low, high, n)]
+
+
+def _host_rng(key: PRNGKey) -> np.random.Generator:
+    """A numpy generator seeded from a JAX key: draws on the host compile nothing (an eager
+    JAX draw compiles once per shape, and the audit's shapes vary with the seed)."""
+    return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+
+
+def _float64(a: Array) -> Array:
+    return jnp.asarray(np.asarray(a, np.float64))
 
 
 def layer_case(
@@ -58,7 +69,8 @@ def layer_case(
     """The gradient case of ``layer``: ``f(params, x) = Σ w ⊙ layer.apply(params, state, x)[0]``.
 
     Args:
-      key: draws the params, ``x ~ N(0, 1)`` and the cotangent ``w ~ N(0, 1)``.
+      key: draws the params (the layer's ``init``), ``x ~ N(0, 1)`` and the cotangent
+        ``w ~ N(0, 1)``.
       layer, input_shape: the layer and its input's shape.
       train: the mode, on both sides.
       state: the layer's state (default: what ``init`` returns), e.g. random running
@@ -70,23 +82,20 @@ def layer_case(
 
     The hand-derived gradient is ``layer.vjp(...)``'s ``backward(w)``, for params and ``x``.
     """
-    k_init, k_x, k_w, k_layer = jax.random.split(key, 4)
+    k_init, k_x, k_layer = jax.random.split(key, 3)
     shape = tuple(int(d) for d in input_shape)
     if layer_key is None and layer.stochastic:
         layer_key = k_layer
 
-    def draw(k_init, k_x, k_w, state, layer_key, keywords):
-        # One compiled draw (eager ops would compile once per op and shape).
-        params, init_state = layer.init(k_init, shape)
-        params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
-        state = init_state if state is None else state
-        x = jax.random.normal(k_x, shape, jnp.float64)
-        y, _ = layer.apply(params, state, x, train=train, key=layer_key, **keywords)
-        return params, state, x, jax.random.normal(k_w, y.shape, jnp.float64)
-
-    with jax.enable_x64(True):
-        params, state, x, w = jax.jit(draw)(k_init, k_x, k_w, state, layer_key, keywords)
     run = dict(train=train, key=layer_key, **keywords)
+    rng = _host_rng(k_x)
+    with jax.enable_x64(True):
+        params, init_state = layer.init(k_init, shape)
+        params = jax.tree.map(_float64, params)
+        state = init_state if state is None else state
+        x = jnp.asarray(rng.standard_normal(shape))
+        y = jax.eval_shape(lambda params, x: layer.apply(params, state, x, **run)[0], params, x)
+        w = jnp.asarray(rng.standard_normal(y.shape))
 
     def f(params: Params, x: Array) -> Array:
         return jnp.sum(w * layer.apply(params, state, x, **run)[0])
@@ -103,15 +112,17 @@ def layer_case(
 
 def _activation(act: Activation) -> MakeCase:
     def make(key: PRNGKey) -> gradcheck.GradCase:
-        k_shape, k_x, k_w = jax.random.split(key, 3)
+        k_shape, k_x = jax.random.split(key)
         shape = tuple(_dims(k_shape, 2, 1, 6))
-        x = 3.0 * jax.random.normal(k_x, shape, jnp.float64)
-        x = jnp.where(jnp.abs(x) < 1e-3, 1e-3 + jnp.abs(x), x)  # finite differences off kinks
-        w = jax.random.normal(k_w, shape, jnp.float64)  # a random cotangent
+        rng = _host_rng(k_x)
+        x = 3.0 * rng.standard_normal(shape)
+        x = jnp.asarray(np.where(np.abs(x) < 1e-3, 1e-3 + np.abs(x), x))  # FD off the kinks
+        w = jnp.asarray(rng.standard_normal(shape))  # a random cotangent
 
         def f(x: Array) -> Array:
             return jnp.sum(w * act.fn(x))
 
+        @jax.jit
         def grad_fn(x: Array) -> Array:
             return act.vjp(x)[1](w)
 
@@ -121,24 +132,26 @@ def _activation(act: Activation) -> MakeCase:
 
 
 def random_targets(name: str, key: PRNGKey, shape: tuple[int, ...]) -> Array:
-    """Valid targets for the loss ``name`` and predictions of ``shape``, drawn from ``key``."""
+    """Valid targets for the loss ``name`` and predictions of ``shape``, drawn from ``key``:
+    probability rows, integer labels, values in [0, 1], or reals, as the loss needs."""
+    rng = _host_rng(key)
     if name == "softmax_cross_entropy":
-        return jax.nn.softmax(jax.random.normal(key, shape, jnp.float64))
+        return jnp.asarray(rng.dirichlet(np.ones(shape[-1]), size=shape[:-1]))
     if name == "softmax_cross_entropy_with_integer_labels":
-        return jax.random.randint(key, shape[:-1], 0, shape[-1])
+        return jnp.asarray(rng.integers(0, shape[-1], shape[:-1]), jnp.int32)
     if name == "binary_cross_entropy_with_logits":
-        return jax.random.uniform(key, shape, jnp.float64)
-    return jax.random.normal(key, shape, jnp.float64)
+        return jnp.asarray(rng.uniform(size=shape))
+    return jnp.asarray(rng.standard_normal(shape))
 
 
 def _loss(loss: _losses.Loss) -> MakeCase:
     def make(key: PRNGKey) -> gradcheck.GradCase:
         k_shape, k_p, k_t = jax.random.split(key, 3)
         shape = tuple(_dims(k_shape, 2, 1, 6))
-        predictions = 2.0 * jax.random.normal(k_p, shape, jnp.float64)
+        predictions = jnp.asarray(2.0 * _host_rng(k_p).standard_normal(shape))
         targets = random_targets(loss.name, k_t, shape)
         return gradcheck.GradCase(
-            loss.fn, (predictions, targets), loss.grad, 0, f"predictions{shape}"
+            loss.fn, (predictions, targets), jax.jit(loss.grad), 0, f"predictions{shape}"
         )
 
     return make
@@ -249,15 +262,15 @@ def _penalty(name: str) -> MakeCase:
         n_in, hidden = _dims(k_shape, 2, 1, 5)
         net = _combinators.mlp([hidden, 2], "tanh", batchnorm=True, b_init=_NORMAL)
         with jax.enable_x64(True):
-            params, _ = jax.jit(net.init, static_argnums=1)(k_init, (4, n_in))
+            params, _ = net.init(k_init, (4, n_in))
             # Kernels moved 0.1 away from 0, where L1's subgradient jumps (finite differences
             # cannot judge there); biases and gamma/beta are in the tree, unpenalised (their
             # gradient must be exactly 0).
-            params = jax.tree.map(lambda p: p.astype(jnp.float64) + 0.1 * jnp.sign(p), params)
-            scale = float(jax.random.uniform(k_scale, (), jnp.float64, 0.1, 2.0))
+            params = jax.tree.map(lambda p: _float64(p + 0.1 * np.sign(p)), params)
+        scale = float(_host_rng(k_scale).uniform(0.1, 2.0))
         penalty = _regularization.PENALTIES[name](scale)
         return gradcheck.GradCase(
-            penalty.fn, (params,), penalty.grad, 0, f"mlp n_in={n_in}, scale {scale:.3f}"
+            penalty.fn, (params,), jax.jit(penalty.grad), 0, f"mlp n_in={n_in}, scale {scale:.3f}"
         )
 
     return make
@@ -274,9 +287,9 @@ def _network(mode: str) -> MakeCase:
         batch, n_in, hidden, n_out = _dims(k_shape, 4, 1, 6)
         with jax.enable_x64(True):
             net = _combinators.mlp([hidden, hidden, n_out], "tanh", b_init=_NORMAL)
-            params, state = jax.jit(net.init, static_argnums=1)(k_init, (batch, n_in))
-            x = jax.random.normal(k_x, (batch, n_in), jnp.float64)
-            targets = jax.random.normal(k_t, (batch, n_out), jnp.float64)
+            params, state = net.init(k_init, (batch, n_in))
+            x = jnp.asarray(_host_rng(k_x).standard_normal((batch, n_in)))
+            targets = jnp.asarray(_host_rng(k_t).standard_normal((batch, n_out)))
         loss, penalty = "mean_squared_error", _regularization.l2(0.1)
 
         def f(params: Params) -> Array:
@@ -286,9 +299,8 @@ def _network(mode: str) -> MakeCase:
         if mode == "loop":
 
             def grad_fn(params: Params) -> Any:
-                return backprop(net, loss, params, state, x, targets, train=True, penalty=penalty)[
-                    1
-                ]
+                run = backprop(net, loss, params, state, x, targets, train=True, penalty=penalty)
+                return run[1]
 
         else:
             vg = value_and_grad(net, loss, grad="manual", penalty=penalty)
@@ -296,7 +308,7 @@ def _network(mode: str) -> MakeCase:
             def grad_fn(params: Params) -> Any:
                 return vg(params, state, x, targets, train=True)[1]
 
-        return gradcheck.GradCase(f, (params,), grad_fn, 0, f"mlp x({batch}, {n_in}) + l2")
+        return gradcheck.GradCase(f, (params,), jax.jit(grad_fn), 0, f"mlp x({batch}, {n_in}) + l2")
 
     return make
 

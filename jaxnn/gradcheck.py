@@ -307,7 +307,17 @@ def check_gradients(
             ),
             default=0.0,
         )
+        # Every leaf of every differentiated argument is probed in one compiled program.
+        x_leaves: list[list[np.ndarray]] = []
+        plans: list[_FdPlan | None] = []
+        for argnum in argnums_t:
+            x_leaves.append([np.asarray(x, np.float64) for x in jax.tree.leaves(args64[argnum])])
+            for x in x_leaves[-1]:
+                key, sub = jax.random.split(key)
+                plans.append(_fd_plan(x, fd_samples, sub) if x.size else None)
+        values = _fd_values(f, args64, argnums_t, plans) if any(plans) else plans
         leaves: list[LeafReport] = []
+        k = 0  # position in plans / values
         for pos, argnum in enumerate(argnums_t):
             auto_leaves, treedef = jax.tree_util.tree_flatten_with_path(auto_t[pos])
             if hand_t is not None:
@@ -318,12 +328,6 @@ def check_gradients(
                         f"but the argument (and jax.grad) has structure {treedef}."
                     )
                 hand_leaves = jax.tree.leaves(hand_t[pos])
-            x_leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(args64[argnum])]
-            plans: list[_FdPlan | None] = []
-            for x in x_leaves:
-                key, sub = jax.random.split(key)
-                plans.append(_fd_plan(x, fd_samples, sub) if x.size else None)
-            values = _fd_values(f, args64, argnum, plans) if any(plans) else plans
             for j, (path, g_auto) in enumerate(auto_leaves):
                 name = f"args[{argnum}]{jax.tree_util.keystr(path)}"
                 g_auto = np.asarray(g_auto, dtype=np.float64)
@@ -337,11 +341,11 @@ def check_gradients(
                             f"leaf has shape {g_auto.shape}."
                         )
                     pairs.append(_compare_exact(g_hand, g_auto, (HAND, AUTO), rtol, scale))
-                if plans[j] is not None:
-                    pairs.extend(
-                        _fd_compare(plans[j], values[j], x_leaves[j], g_auto, g_hand, scale)
-                    )
+                if plans[k] is not None:
+                    x = x_leaves[pos][j]
+                    pairs.extend(_fd_compare(plans[k], values[k], x, g_auto, g_hand, scale))
                 leaves.append(LeafReport(name, tuple(g_auto.shape), tuple(pairs)))
+                k += 1
     report = GradReport(tuple(leaves), rtol, tuple(notes))
     if raise_on_mismatch and not report.ok:
         leaf, p = report.failures[0]
@@ -376,20 +380,29 @@ def _fd_plan(x: np.ndarray, fd_samples: int, key: PRNGKey) -> _FdPlan:
 
 
 def _fd_values(
-    f: Callable[..., Any], args: tuple[Any, ...], argnum: int, plans: list[_FdPlan | None]
+    f: Callable[..., Any],
+    args: tuple[Any, ...],
+    argnums: tuple[int, ...],
+    plans: list[_FdPlan | None],
 ) -> list[np.ndarray | None]:
-    """``f`` at ``x + j h d``, ``j = -4..4``, for every probe of every leaf of ``args[argnum]``.
+    """``f`` at ``x + j h d``, ``j = -4..4``, for every probe of every differentiated leaf.
 
-    One compiled program for all leaves: the argument is flattened to one vector ``θ``;
-    a coordinate probe adds ``j h`` to one entry, a direction probe adds ``j h v`` with ``v``
-    zero outside its leaf. Probes run in a ``lax.map`` (one at a time: memory stays that of
-    nine evaluations of ``f``), the nine steps of each in a ``vmap``.
+    One compiled program for all of them: the differentiated arguments are flattened into one
+    vector ``θ``; a coordinate probe adds ``j h`` to one entry, a direction probe adds
+    ``j h v`` with ``v`` zero outside its leaf. Probes run in a ``lax.map`` (one at a time:
+    memory stays that of nine evaluations of ``f``), the nine steps of each in a ``vmap``.
+
+    Args:
+      plans: one per leaf, in the order of ``argnums`` and then of each argument's leaves
+        (``None`` for an empty leaf).
 
     Returns:
       Per leaf, ``[m + 1, 9]`` values (``None`` for an empty leaf).
     """
-    theta, unravel = ravel_pytree(args[argnum])
-    sizes = [int(np.size(leaf)) for leaf in jax.tree.leaves(args[argnum])]
+    parts = [ravel_pytree(args[a]) for a in argnums]
+    bounds = np.cumsum([0, *(int(flat.size) for flat, _ in parts)])
+    theta = jnp.concatenate([flat for flat, _ in parts])
+    sizes = [int(np.size(leaf)) for a in argnums for leaf in jax.tree.leaves(args[a])]
     offsets = np.cumsum([0, *sizes])
     used = [i for i, plan in enumerate(plans) if plan is not None]
     idx = np.concatenate([offsets[i] + plans[i].flat_idx for i in used])
@@ -401,7 +414,8 @@ def _fd_values(
 
     def f_flat(t: jax.Array) -> jax.Array:
         a = list(args)
-        a[argnum] = unravel(t)
+        for p, argnum in enumerate(argnums):
+            a[argnum] = parts[p][1](t[bounds[p] : bounds[p + 1]])
         return f(*a)
 
     @jax.jit

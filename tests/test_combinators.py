@@ -34,7 +34,7 @@ class MlpVjpTest(chex.TestCase):
         check_layer_vjp(self.variant, net, (batch, n_in), seed)
 
     @chex.variants(with_jit=True, without_jit=True)
-    @settings(max_examples=4)
+    @settings(max_examples=2)
     @given(seed=st.integers(0, 2**16), train=st.booleans())
     def test_mlp_with_batchnorm_and_dropout(self, seed, train):
         net = combinators.mlp([4, 3, 2], "tanh", batchnorm=True, dropout=0.3, b_init=NORMAL)
@@ -52,14 +52,24 @@ def test_acceptance_network_manual_equals_autodiff_with_the_same_key():
     chex.assert_shape(y, (12, 4))
     assert int(new_state["batchnorm_1"].count) == 1
     loss = "softmax_cross_entropy_with_integer_labels"
-    run = dict(train=True, key=k_drop, mask=mask)
-    (v_auto, s_auto), g_auto = jaxnn.value_and_grad(net, loss)(params, state, x, labels, **run)
-    (v_man, s_man), g_man = jaxnn.value_and_grad(net, loss, grad="manual")(params, state, x, labels, **run)  # fmt: skip
-    v_loop, g_loop, _ = jaxnn.backprop.backprop(net, loss, params, state, x, labels, **run)
+
+    @jax.jit  # compiled, as training runs it (the eager path is the line above and test_layers)
+    def three_ways(params, key, mask):
+        run = dict(train=True, key=key, mask=mask)
+        auto = jaxnn.value_and_grad(net, loss)(params, state, x, labels, **run)
+        man = jaxnn.value_and_grad(net, loss, grad="manual")(params, state, x, labels, **run)
+        loop = jaxnn.backprop.backprop(net, loss, params, state, x, labels, **run)
+        return auto, man, loop
+
+    ((v_auto, s_auto), g_auto), ((v_man, s_man), g_man), (v_loop, g_loop, _) = three_ways(
+        params, k_drop, mask
+    )
     assert norm_rel_err(g_man, g_auto) <= RTOL
     assert norm_rel_err(g_loop, g_auto) <= RTOL
-    assert float(v_man) == float(v_auto) == float(v_loop)
-    chex.assert_trees_all_equal(s_man, s_auto)
+    assert float(v_man) == pytest.approx(float(v_auto), rel=1e-14)
+    assert float(v_loop) == pytest.approx(float(v_auto), rel=1e-14)
+    chex.assert_trees_all_close(s_man, s_auto, rtol=1e-14)
+    run = dict(train=True, key=k_drop, mask=mask)
     # The mask reached every BatchNorm: its statistics are those of the ten real rows.
     _, _, acts = jaxnn.intermediates(net, params, state, x, **run)
     h = acts["dense_0"]

@@ -82,21 +82,33 @@ def test_bad_scales_are_refused():
 def test_penalty_on_every_gradient_path():
     net, params, state, x, labels = _network()
     penalty = combine(l1(0.01), l2(0.1))
-    (v_auto, _), g_auto = value_and_grad(net, LOSS, penalty=penalty)(
-        params, state, x, labels, train=True
-    )
-    (v_man, _), g_man = value_and_grad(net, LOSS, grad="manual", penalty=penalty)(
-        params, state, x, labels, train=True
-    )
-    v_loop, g_loop, _ = backprop(net, LOSS, params, state, x, labels, train=True, penalty=penalty)
+
+    @jax.jit
+    def every_path(params):
+        run = dict(train=True)
+        return (
+            value_and_grad(net, LOSS, penalty=penalty)(params, state, x, labels, **run),
+            value_and_grad(net, LOSS, grad="manual", penalty=penalty)(
+                params, state, x, labels, **run
+            ),
+            backprop(net, LOSS, params, state, x, labels, penalty=penalty, **run),
+            value_and_grad(net, LOSS)(params, state, x, labels, **run),
+            penalty.fn(params),
+            penalty.grad(params),
+        )
+
+    auto, man, loop, plain, p_value, p_grad = every_path(params)
+    (v_auto, _), g_auto = auto
+    (v_man, _), g_man = man
+    v_loop, g_loop, _ = loop
+    (v_plain, _), g_plain = plain
     assert norm_rel_err(g_man, g_auto) <= RTOL and norm_rel_err(g_loop, g_auto) <= RTOL
-    (v_plain, _), g_plain = value_and_grad(net, LOSS)(params, state, x, labels, train=True)
-    assert float(v_auto) == pytest.approx(float(v_plain) + float(penalty.fn(params)), rel=1e-14)
+    assert float(v_auto) == pytest.approx(float(v_plain) + float(p_value), rel=1e-14)
     assert float(v_man) == pytest.approx(float(v_auto), rel=1e-14)
     assert float(v_loop) == pytest.approx(float(v_auto), rel=1e-14)
     # The difference is exactly the penalty's gradient (the data term is the same computation).
     diff = jax.tree.map(jnp.subtract, g_auto, g_plain)
-    assert norm_rel_err(diff, penalty.grad(params)) <= RTOL
+    assert norm_rel_err(diff, p_grad) <= RTOL
 
 
 def _train(optimizer, penalty, grad, steps=25):
