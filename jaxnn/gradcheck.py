@@ -267,90 +267,120 @@ def check_gradients(
         raise ValueError(f"rtol must be positive, got {rtol}.")
     if key is None:
         key = jax.random.key(0)
-    multiple = not isinstance(argnums, int)
-    argnums_t = tuple(argnums) if multiple else (argnums,)
+    argnums_t = (argnums,) if isinstance(argnums, int) else tuple(argnums)
     with jax.enable_x64(True):
         args64, promoted = _promote(args)
-        notes: list[str] = []
-        if promoted:
-            notes.append(
-                "note: floating inputs were promoted to float64 for the check (a float32 central "
-                "difference has about 3 correct digits)."
-            )
-        out = jax.eval_shape(f, *args64)
-        if not (
-            hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)
-        ):
-            raise ValueError(
-                f"check_gradients needs f to return a real scalar, got {out}. Reduce the output "
-                f"(e.g. jnp.sum) or check one output at a time."
-            )
-        auto = jax.jit(jax.grad(f, argnums=argnums))(*args64)
-        auto_t = auto if multiple else (auto,)
-        hand_t = None
-        if grad_fn is not None:
-            hand = grad_fn(*args64)
-            hand_t = tuple(hand) if multiple else (hand,)
-            if len(hand_t) != len(auto_t):
-                raise ValueError(
-                    f"grad_fn returned {len(hand_t)} gradients for argnums={argnums}; expected "
-                    f"{len(auto_t)}, the structure jax.grad(f, argnums) returns."
-                )
-
-        # The hand-vs-autodiff error is measured against the largest entry of the whole
-        # gradient (every leaf of every differentiated argument).
-        scale = max(
-            (
-                float(np.max(np.abs(np.asarray(g, np.float64)), initial=0.0))
-                for t in (auto_t, hand_t or ())
-                for g in jax.tree.leaves(t)
-            ),
-            default=0.0,
-        )
-        # Every leaf of every differentiated argument is probed in one compiled program.
-        x_leaves: list[list[np.ndarray]] = []
-        plans: list[_FdPlan | None] = []
-        for argnum in argnums_t:
-            x_leaves.append([np.asarray(x, np.float64) for x in jax.tree.leaves(args64[argnum])])
-            for x in x_leaves[-1]:
-                key, sub = jax.random.split(key)
-                plans.append(_fd_plan(x, fd_samples, sub) if x.size else None)
-        values = _fd_values(f, args64, argnums_t, plans) if any(plans) else plans
-        leaves: list[LeafReport] = []
-        k = 0  # position in plans / values
-        for pos, argnum in enumerate(argnums_t):
-            auto_leaves, treedef = jax.tree_util.tree_flatten_with_path(auto_t[pos])
-            if hand_t is not None:
-                hand_struct = jax.tree.structure(hand_t[pos])
-                if hand_struct != treedef:
-                    raise ValueError(
-                        f"grad_fn's gradient for argument {argnum} has structure {hand_struct}, "
-                        f"but the argument (and jax.grad) has structure {treedef}."
-                    )
-                hand_leaves = jax.tree.leaves(hand_t[pos])
-            for j, (path, g_auto) in enumerate(auto_leaves):
-                name = f"args[{argnum}]{jax.tree_util.keystr(path)}"
-                g_auto = np.asarray(g_auto, dtype=np.float64)
-                pairs: list[PairResult] = []
-                g_hand = None
-                if hand_t is not None:
-                    g_hand = np.asarray(hand_leaves[j], dtype=np.float64)
-                    if g_hand.shape != g_auto.shape:
-                        raise ValueError(
-                            f"grad_fn's gradient for leaf {name} has shape {g_hand.shape}; the "
-                            f"leaf has shape {g_auto.shape}."
-                        )
-                    pairs.append(_compare_exact(g_hand, g_auto, (HAND, AUTO), rtol, scale))
-                if plans[k] is not None:
-                    x = x_leaves[pos][j]
-                    pairs.extend(_fd_compare(plans[k], values[k], x, g_auto, g_hand, scale))
-                leaves.append(LeafReport(name, tuple(g_auto.shape), tuple(pairs)))
-                k += 1
-    report = GradReport(tuple(leaves), rtol, tuple(notes))
+        _check_scalar(f, args64)
+        auto_t, hand_t = _gradients(f, args64, argnums, grad_fn)
+        leaves = _leaf_reports(f, args64, argnums_t, auto_t, hand_t, rtol, fd_samples, key)
+    notes = (
+        ("note: floating inputs were promoted to float64 for the check (a float32 central "
+         "difference has about 3 correct digits).",)
+        if promoted
+        else ()
+    )  # fmt: skip
+    report = GradReport(tuple(leaves), rtol, notes)
     if raise_on_mismatch and not report.ok:
         leaf, p = report.failures[0]
         raise GradientMismatchError(_describe(leaf, p, rtol) + "\n" + report.table())
     return report
+
+
+def _check_scalar(f: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    out = jax.eval_shape(f, *args)
+    if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
+        raise ValueError(
+            f"check_gradients needs f to return a real scalar, got {out}. Reduce the output "
+            f"(e.g. jnp.sum) or check one output at a time."
+        )
+
+
+def _gradients(
+    f: Callable[..., Any],
+    args: tuple[Any, ...],
+    argnums: int | Sequence[int],
+    grad_fn: Callable[..., Any] | None,
+) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
+    """``jax.grad`` and the hand-derived gradient, one tree per differentiated argument."""
+    multiple = not isinstance(argnums, int)
+    auto = jax.jit(jax.grad(f, argnums=argnums))(*args)
+    auto_t = auto if multiple else (auto,)
+    if grad_fn is None:
+        return auto_t, None
+    hand = grad_fn(*args)
+    hand_t = tuple(hand) if multiple else (hand,)
+    if len(hand_t) != len(auto_t):
+        raise ValueError(
+            f"grad_fn returned {len(hand_t)} gradients for argnums={argnums}; expected "
+            f"{len(auto_t)}, the structure jax.grad(f, argnums) returns."
+        )
+    argnums_t = (argnums,) if not multiple else tuple(argnums)
+    for argnum, a, h in zip(argnums_t, auto_t, hand_t, strict=True):
+        treedef, hand_struct = jax.tree.structure(a), jax.tree.structure(h)
+        if hand_struct != treedef:
+            raise ValueError(
+                f"grad_fn's gradient for argument {argnum} has structure {hand_struct}, but the "
+                f"argument (and jax.grad) has structure {treedef}."
+            )
+        for path, g_a, g_h in zip(
+            (p for p, _ in jax.tree_util.tree_flatten_with_path(a)[0]),
+            jax.tree.leaves(a),
+            jax.tree.leaves(h),
+            strict=True,
+        ):
+            if np.shape(g_h) != np.shape(g_a):
+                raise ValueError(
+                    f"grad_fn's gradient for leaf args[{argnum}]{jax.tree_util.keystr(path)} "
+                    f"has shape {np.shape(g_h)}; the leaf has shape {np.shape(g_a)}."
+                )
+    return auto_t, hand_t
+
+
+def _leaf_reports(
+    f: Callable[..., Any],
+    args: tuple[Any, ...],
+    argnums: tuple[int, ...],
+    auto_t: tuple[Any, ...],
+    hand_t: tuple[Any, ...] | None,
+    rtol: float,
+    fd_samples: int,
+    key: PRNGKey,
+) -> list[LeafReport]:
+    """Every leaf: hand-derived vs ``jax.grad``, and both vs central differences."""
+    # The hand-vs-autodiff error is measured against the largest entry of the whole gradient
+    # (every leaf of every differentiated argument).
+    scale = max(
+        (
+            float(np.max(np.abs(np.asarray(g, np.float64)), initial=0.0))
+            for t in (auto_t, hand_t or ())
+            for g in jax.tree.leaves(t)
+        ),
+        default=0.0,
+    )
+    # Every leaf of every differentiated argument is probed in one compiled program.
+    xs = [np.asarray(x, np.float64) for a in argnums for x in jax.tree.leaves(args[a])]
+    plans: list[_FdPlan | None] = []
+    for x in xs:
+        key, sub = jax.random.split(key)
+        plans.append(_fd_plan(x, fd_samples, sub) if x.size else None)
+    values = _fd_values(f, args, argnums, plans) if any(plans) else plans
+    names = [
+        (f"args[{argnum}]{jax.tree_util.keystr(path)}", g)
+        for argnum, tree in zip(argnums, auto_t, strict=True)
+        for path, g in jax.tree_util.tree_flatten_with_path(tree)[0]
+    ]
+    hands = [None] * len(names) if hand_t is None else jax.tree.leaves(hand_t)
+    leaves = []
+    for k, ((name, g_auto), g_hand) in enumerate(zip(names, hands, strict=True)):
+        g_auto = np.asarray(g_auto, np.float64)
+        pairs: list[PairResult] = []
+        if g_hand is not None:
+            g_hand = np.asarray(g_hand, np.float64)
+            pairs.append(_compare_exact(g_hand, g_auto, (HAND, AUTO), rtol, scale))
+        if plans[k] is not None:
+            pairs.extend(_fd_compare(plans[k], values[k], xs[k], g_auto, g_hand, scale))
+        leaves.append(LeafReport(name, tuple(g_auto.shape), tuple(pairs)))
+    return leaves
 
 
 class _FdPlan(NamedTuple):
