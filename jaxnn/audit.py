@@ -196,13 +196,11 @@ def _batchnorm_train(key: PRNGKey) -> gradcheck.GradCase:
 
 
 def _batchnorm_eval(key: PRNGKey) -> gradcheck.GradCase:
-    k_shape, k_case, k_mean, k_var = jax.random.split(key, 4)
+    k_shape, k_case, k_state = jax.random.split(key, 3)
     shape = _bn_shape(k_shape)
-    c = shape[-1]
+    c, rng = shape[-1], _host_rng(k_state)
     state = _batchnorm.BatchNormState(  # random running statistics, not init's (0, 1)
-        jax.random.normal(k_mean, (c,), jnp.float64),
-        jax.random.uniform(k_var, (c,), jnp.float64, 0.5, 2.0),
-        jnp.asarray(3, jnp.int32),
+        jnp.asarray(rng.standard_normal(c)), jnp.asarray(rng.uniform(0.5, 2.0, c)), jnp.asarray(3)
     )
     layer = _batchnorm.batchnorm()
     return layer_case(k_case, layer, shape, train=False, state=state, description=f"eval x{shape}")
@@ -211,7 +209,7 @@ def _batchnorm_eval(key: PRNGKey) -> gradcheck.GradCase:
 def _batchnorm_mask(key: PRNGKey) -> gradcheck.GradCase:
     k_shape, k_case, k_mask = jax.random.split(key, 3)
     batch, features = _dims(k_shape, 2, 3, 7)
-    mask = jnp.arange(batch) < 2 + jax.random.randint(k_mask, (), 0, batch - 1)  # >= 2 real rows
+    mask = jnp.arange(batch) < _dims(k_mask, 1, 2, batch + 1)[0]  # >= 2 real rows
     return layer_case(
         k_case, _batchnorm.batchnorm(), (batch, features), train=True, mask=mask,
         description=f"train x({batch}, {features}), {int(mask.sum())} rows in the statistics",
@@ -246,7 +244,7 @@ def _mlp_batchnorm_dropout(key: PRNGKey) -> gradcheck.GradCase:
     net = _combinators.mlp(
         [hidden, hidden, 2], "sigmoid", batchnorm=True, dropout=0.2, b_init=_NORMAL
     )
-    mask = jnp.arange(batch) != jax.random.randint(k_mask, (), 0, batch)  # one padding row
+    mask = jnp.arange(batch) != _dims(k_mask, 1, 0, batch)[0]  # one padding row
     return layer_case(
         k_case, net, (batch, n_in), train=True, mask=mask,
         description=f"train x({batch}, {n_in}), one row masked",
