@@ -8,6 +8,7 @@ Importing jaxnn has no side effects: the gradient audit is the explicit list in
 from jaxnn import activations as activations
 from jaxnn import backprop as backprop
 from jaxnn import batchnorm as batchnorm
+from jaxnn import checking as checking
 from jaxnn import combinators as combinators
 from jaxnn import gradcheck as gradcheck
 from jaxnn import initializers as initializers
@@ -17,6 +18,7 @@ from jaxnn import regularization as regularization
 from jaxnn import train as train
 from jaxnn._typing import Layer as Layer
 from jaxnn._typing import bind_backward as bind_backward
+from jaxnn._version import __version__ as __version__
 from jaxnn.backprop import manual as manual
 from jaxnn.backprop import value_and_grad as value_and_grad
 from jaxnn.batchnorm import BatchNormState as BatchNormState
@@ -30,5 +32,3 @@ from jaxnn.layers import dense as dense
 from jaxnn.layers import dropout as dropout
 from jaxnn.regularization import l1 as l1
 from jaxnn.regularization import l2 as l2
-
-__version__ = "0.1.0"

@@ -1,6 +1,14 @@
-"""Eager validation of static facts (shapes, dtypes, hyperparameters).
+"""Validation: eager errors for static facts, checking-mode conditions for traced values.
 
+Shapes, ranks, dtypes, empty batches, hyperparameters and names are known when a function is
+traced: the ``ensure_*`` functions refuse them there with a ``TypeError`` or ``ValueError``.
 Every message says what was expected, what came, and what to do about it.
+
+Values inside ``jit`` (labels out of range, NaN inputs, a traced learning rate) cannot raise.
+:func:`require` states such a condition with :func:`jax.experimental.checkify.debug_check`: a
+no-op in normal runs (nothing is compiled for it) and an error when the computation runs in
+the checking mode, :func:`jaxnn.checking.checked` (or ``checkify.checkify(f,
+errors=checkify.user_checks)``).
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 
 def is_floating(x: Any) -> bool:
@@ -84,3 +93,33 @@ def unknown_name(kind: str, name: str, known: list[str], plural: str | None = No
     return ValueError(
         f"unknown {kind} {name!r}. Known {plural or kind + 's'}: {', '.join(sorted(known))}."
     )
+
+
+def is_traced(x: Any) -> bool:
+    """Whether ``x`` is abstract (inside ``jit``, ``grad``, ``vmap``): no value to inspect."""
+    return isinstance(x, jax.core.Tracer)
+
+
+def require(pred: Any, message: str, **values: Any) -> None:
+    """A condition on run-time values, checked in the checking mode only.
+
+    ``message`` is formatted with ``values`` (``{name}`` fields, evaluated on the device)
+    when the condition fails under :func:`jaxnn.checking.checked`; outside it this is a no-op.
+    Callers state it for traced values only: concrete values get an eager error instead.
+    """
+    checkify.debug_check(jnp.all(pred), message, **values)
+
+
+def ensure_nonempty(x: Any, name: str, who: str, why: str) -> None:
+    """Refuse an array with no elements, where a mean over it is undefined."""
+    if jnp.size(x) == 0:
+        raise ValueError(
+            f"{who}: {name} is empty (shape {tuple(jnp.shape(x))}); {why}. Pass at least one "
+            f"example."
+        )
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """One boolean: every floating leaf of ``tree`` is finite (for :func:`require`)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if is_floating(x)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnn import losses as _losses
+from jaxnn._checks import all_finite, ensure_nonempty, is_traced, require
 from jaxnn._typing import Array, ArrayLike, Grads, Layer, Params, PRNGKey, State
 from jaxnn.regularization import Penalty
 
@@ -40,6 +41,14 @@ def _check_penalty(penalty: Any) -> None:
             f"combine(...)), got {type(penalty).__name__}: the manual path needs its hand "
             f"gradient."
         )
+
+
+def _check_batch(who: str, x: ArrayLike, targets: ArrayLike) -> None:
+    """An empty batch is refused; non-finite inputs fail in the checking mode."""
+    ensure_nonempty(x, "x", who, "a loss over an empty batch is undefined")
+    if is_traced(x) or is_traced(targets):  # concrete values need no device check
+        require(all_finite(x), f"{who}: the inputs x contain NaN or inf")
+        require(all_finite(targets), f"{who}: the targets contain NaN or inf")
 
 
 def backprop(
@@ -77,6 +86,7 @@ def backprop(
     """
     loss = _losses.get(loss)
     _check_penalty(penalty)
+    _check_batch("backprop", x, targets)
     y, new_state, backward = layer.vjp(params, state, x, train=train, key=key, **keywords)
     value = loss.fn(y, targets)
     grads, _dx = backward(loss.grad(y, targets))
@@ -219,6 +229,7 @@ def value_and_grad(
         key: PRNGKey | None = None,
         **keywords: Any,
     ):
+        _check_batch("value_and_grad", x, targets)
         return vg(params, state, x, targets, train, key, keywords)
 
     return fn

@@ -119,7 +119,10 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
         raise ValueError("serial needs at least one layer.")
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
-            raise TypeError(f"serial: argument {i} is a {type(layer).__name__}, not a Layer.")
+            raise TypeError(
+                f"serial: argument {i} must be a Layer (dense(...), activation(...), ...), got "
+                f"{type(layer).__name__} {layer!r}."
+            )
     names = _names(layers)
     keywords = tuple(dict.fromkeys(k for layer in layers for k in layer.keywords))
 

@@ -261,13 +261,16 @@ def check_gradients(
 
     Raises:
       GradientMismatchError: a pair disagrees (unless ``raise_on_mismatch=False``).
-      ValueError: ``f`` does not return a real scalar.
+      ValueError: ``f`` does not return a real scalar; ``rtol`` is not a positive finite
+        number; ``argnums`` names an argument that is not there.
+      TypeError: a differentiated argument has an integer, boolean or complex leaf;
+        ``grad_fn`` does not return one gradient per differentiated argument.
     """
-    if rtol <= 0:
-        raise ValueError(f"rtol must be positive, got {rtol}.")
+    _check_options(f, args, argnums, rtol, fd_samples)
     if key is None:
         key = jax.random.key(0)
     argnums_t = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    _check_differentiable(args, argnums_t)
     with jax.enable_x64(True):
         args64, promoted = _promote(args)
         _check_scalar(f, args64)
@@ -284,6 +287,63 @@ def check_gradients(
         leaf, p = report.failures[0]
         raise GradientMismatchError(_describe(leaf, p, rtol) + "\n" + report.table())
     return report
+
+
+def _check_options(f: Any, args: tuple[Any, ...], argnums: Any, rtol: Any, fd_samples: Any) -> None:
+    if not callable(f):
+        raise TypeError(f"check_gradients needs a function f, got {type(f).__name__}.")
+    if isinstance(rtol, bool) or not isinstance(rtol, int | float | np.floating | np.integer):
+        raise TypeError(f"rtol must be a number, got {type(rtol).__name__} {rtol!r}.")
+    if not (math.isfinite(rtol) and rtol > 0):
+        raise ValueError(
+            f"rtol must be a positive finite number (default {RTOL:g}), got {rtol!r}: a NaN or "
+            f"infinite tolerance would pass or fail every gradient."
+        )
+    if (
+        isinstance(fd_samples, bool)
+        or not isinstance(fd_samples, int | np.integer)
+        or fd_samples < 1
+    ):
+        raise ValueError(f"fd_samples must be an int >= 1, got {fd_samples!r}.")
+    nums = (argnums,) if isinstance(argnums, int | np.integer) else argnums
+    try:
+        nums = tuple(nums)
+    except TypeError:
+        nums = None
+    if (
+        not nums
+        or not all(isinstance(a, int | np.integer) and not isinstance(a, bool) for a in nums)
+        or len(set(nums)) != len(nums)
+    ):
+        raise TypeError(
+            f"argnums must be an int or a non-empty sequence of distinct ints, as in jax.grad, "
+            f"got {argnums!r}."
+        )
+    bad = [a for a in nums if not -len(args) <= a < len(args)]
+    if bad:
+        raise ValueError(
+            f"argnums {argnums!r} names argument(s) {bad}, but f was given {len(args)} "
+            f"argument(s). Pass the arguments after f: check_gradients(f, *args, ...)."
+        )
+
+
+def _check_differentiable(args: tuple[Any, ...], argnums: tuple[int, ...]) -> None:
+    """Every leaf of a differentiated argument must be a real floating array."""
+    for a in argnums:
+        for path, leaf in jax.tree_util.tree_flatten_with_path(args[a])[0]:
+            dtype = jnp.result_type(leaf)
+            where = f"args[{a % len(args)}]{jax.tree_util.keystr(path)}"
+            if jnp.issubdtype(dtype, jnp.complexfloating):
+                raise TypeError(
+                    f"check_gradients compares real gradients, but {where} is complex ({dtype}). "
+                    f"Split it into real and imaginary parts (two float arguments) and check "
+                    f"the real-valued function of both."
+                )
+            if not jnp.issubdtype(dtype, jnp.floating):
+                raise TypeError(
+                    f"{where} has dtype {dtype}: gradients are defined for floating arrays only. "
+                    f"Convert it (jnp.asarray(x, jnp.float64)) or leave it out of argnums."
+                )
 
 
 def _check_scalar(f: Callable[..., Any], args: tuple[Any, ...]) -> None:
@@ -308,6 +368,11 @@ def _gradients(
     if grad_fn is None:
         return auto_t, None
     hand = grad_fn(*args)
+    if multiple and not isinstance(hand, tuple | list):
+        raise TypeError(
+            f"grad_fn must return a tuple with one gradient per differentiated argument "
+            f"(argnums={argnums}), as jax.grad(f, argnums) does; got {type(hand).__name__}."
+        )
     hand_t = tuple(hand) if multiple else (hand,)
     if len(hand_t) != len(auto_t):
         raise ValueError(

@@ -13,6 +13,14 @@ Reductions, named:
   for the softmax ones; every element for the binary one).
 
 :class:`Loss` bundles a loss with its gradient; :data:`LOSSES` lists them by name.
+
+**Values.** Targets are validated when they are concrete: integer labels in ``[0, classes)``,
+probability rows for :func:`softmax_cross_entropy` (non-negative, summing to 1 within
+``2 · classes · eps`` of the dtype: the rounding of casting and summing ``classes`` terms),
+BCE targets in ``[0, 1]``. A mean over an empty batch is refused. Under ``jit`` the values
+cannot be inspected: the conditions are checked in the checking mode
+(:mod:`jaxnn.checking`), and an out-of-range integer label gives a NaN loss and a NaN gradient
+row for its example, identically in the loss, its hand gradient and ``jax.grad``.
 """
 
 from __future__ import annotations
@@ -24,7 +32,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnn._checks import ensure_float, ensure_min_rank, ensure_same_shape, unknown_name
+from jaxnn._checks import (
+    ensure_float,
+    ensure_min_rank,
+    ensure_nonempty,
+    ensure_same_shape,
+    is_traced,
+    require,
+    unknown_name,
+)
 from jaxnn._typing import Array, ArrayLike
 from jaxnn.activations import log_softmax, sigmoid, softmax, softplus
 
@@ -45,11 +61,61 @@ __all__ = [
 ]
 
 
-def _pair(predictions: ArrayLike, targets: ArrayLike) -> tuple[Array, Array]:
+def _pair(
+    predictions: ArrayLike, targets: ArrayLike, who: str | None = None
+) -> tuple[Array, Array]:
+    """Float predictions and same-shape targets; ``who`` names a loss that is a mean."""
     predictions = ensure_float(predictions, "predictions")
     targets = jnp.asarray(targets)
     ensure_same_shape(predictions, targets, "predictions", "targets")
+    if who is not None:
+        ensure_nonempty(predictions, "predictions", who, "the mean over no elements is undefined")
     return predictions, targets.astype(predictions.dtype)
+
+
+def _first(bad: np.ndarray, values: np.ndarray) -> str:
+    """The first offending value and its index, for a message."""
+    i = tuple(int(k[0]) for k in np.nonzero(bad))
+    return f"{values[i].item()!r} at index {i}"
+
+
+def _bce_targets(who: str, t: Array) -> None:
+    if not is_traced(t):
+        tv = np.asarray(t)
+        bad = ~((tv >= 0) & (tv <= 1))  # NaN included
+        if bad.any():
+            raise ValueError(
+                f"{who}: targets must lie in [0, 1] (probabilities of the positive class), got "
+                f"{_first(bad, tv)}. Map labels to {{0, 1}} (e.g. (y + 1) / 2 for ±1 labels)."
+            )
+    else:
+        require((t >= 0) & (t <= 1), f"{who}: targets must lie in [0, 1]")
+
+
+def _probability_rows(who: str, y: Array) -> None:
+    classes = y.shape[-1]
+    tol = 2 * classes * float(jnp.finfo(y.dtype).eps)
+    if not is_traced(y):
+        yv = np.asarray(y)
+        if (bad := ~(yv >= 0)).any():
+            raise ValueError(
+                f"{who}: labels must be probability rows (non-negative, summing to 1), got "
+                f"{_first(bad, yv)}. For class indices use "
+                f"softmax_cross_entropy_with_integer_labels."
+            )
+        sums = yv.sum(axis=-1)
+        if (bad := ~(np.abs(sums - 1) <= tol)).any():
+            raise ValueError(
+                f"{who}: each row of labels must sum to 1 (within {tol:.1e}, the rounding of "
+                f"{classes} terms), got a row summing to {_first(bad, sums)}. Normalise with "
+                f"labels / labels.sum(-1, keepdims=True)."
+            )
+    else:
+        require(y >= 0, f"{who}: labels must be non-negative")
+        require(
+            jnp.abs(jnp.sum(y, axis=-1) - 1) <= tol,
+            f"{who}: each row of labels must sum to 1 (within {tol:.1e})",
+        )
 
 
 # ----------------------------------------------------------------------------- squared error
@@ -74,17 +140,28 @@ def squared_error_grad(predictions: ArrayLike, targets: ArrayLike) -> Array:
 
 def mean_squared_error(predictions: ArrayLike, targets: ArrayLike) -> Array:
     """``L = (1/N) Σ (out - target)²`` with ``N`` the number of elements."""
-    out, target = _pair(predictions, targets)
+    out, target = _pair(predictions, targets, "mean_squared_error")
     return jnp.mean((out - target) ** 2)
 
 
 def mean_squared_error_grad(predictions: ArrayLike, targets: ArrayLike) -> Array:
     """``∂L/∂out = 2 (out - target) / N``."""
-    out, target = _pair(predictions, targets)
+    out, target = _pair(predictions, targets, "mean_squared_error")
     return 2 * (out - target) / out.size
 
 
 # ----------------------------------------------------------------------------- cross-entropy
+
+
+def _soft_labels(logits: ArrayLike, labels: ArrayLike) -> tuple[Array, Array, int]:
+    who = "softmax_cross_entropy"
+    z, y = _pair(logits, labels)
+    ensure_min_rank(z, 1, "logits", "[..., classes]")
+    if z.shape[-1] == 0:
+        raise ValueError(f"{who}: logits have 0 classes (shape {z.shape}); need at least 1.")
+    ensure_nonempty(z, "logits", who, "the mean over no examples is undefined")
+    _probability_rows(who, y)
+    return z, y, z.size // z.shape[-1]
 
 
 def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> Array:
@@ -94,21 +171,19 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> Array:
       logits: ``z``, shape ``[..., classes]``; ``B`` is the product of the leading axes.
       labels: same shape; each row a probability vector.
     """
-    z, y = _pair(logits, labels)
-    ensure_min_rank(z, 1, "logits", "[..., classes]")
-    batch = max(z.size // max(z.shape[-1], 1), 1)
+    z, y, batch = _soft_labels(logits, labels)
     return -jnp.sum(y * log_softmax(z)) / batch
 
 
 def softmax_cross_entropy_grad(logits: ArrayLike, labels: ArrayLike) -> Array:
     """``∂L/∂z_bc = (softmax(z_b)_c Σ_k y_bk - y_bc) / B``; ``(softmax - y)/B`` for one-hot y."""
-    z, y = _pair(logits, labels)
-    ensure_min_rank(z, 1, "logits", "[..., classes]")
-    batch = max(z.size // max(z.shape[-1], 1), 1)
+    z, y, batch = _soft_labels(logits, labels)
     return (softmax(z) * jnp.sum(y, axis=-1, keepdims=True) - y) / batch
 
 
-def _integer_labels(logits: ArrayLike, labels: ArrayLike) -> tuple[Array, Array]:
+def _integer_labels(logits: ArrayLike, labels: ArrayLike) -> tuple[Array, Array, Array]:
+    """Checked logits and labels, and ``valid = 0 <= label < classes`` per example."""
+    who = "softmax_cross_entropy_with_integer_labels"
     z = ensure_float(logits, "logits")
     ensure_min_rank(z, 1, "logits", "[..., classes]")
     labels = jnp.asarray(labels)
@@ -122,15 +197,28 @@ def _integer_labels(logits: ArrayLike, labels: ArrayLike) -> tuple[Array, Array]
             f"labels must have the logits' shape without the class axis: logits.shape="
             f"{z.shape} needs labels.shape={z.shape[:-1]}, got labels.shape={labels.shape}."
         )
-    if not isinstance(labels, jax.core.Tracer) and labels.size:
+    if z.shape[-1] == 0:
+        raise ValueError(f"{who}: logits have 0 classes (shape {z.shape}); need at least 1.")
+    ensure_nonempty(labels, "labels", who, "the mean over no examples is undefined")
+    classes = z.shape[-1]
+    if not is_traced(labels):
         concrete = np.asarray(labels)
         lo, hi = int(concrete.min()), int(concrete.max())
-        if lo < 0 or hi >= z.shape[-1]:
+        if lo < 0 or hi >= classes:
             raise ValueError(
-                f"labels must lie in [0, {z.shape[-1]}) for {z.shape[-1]} classes, got values "
-                f"from {lo} to {hi}."
+                f"labels must lie in [0, {classes}) for {classes} classes, got values from {lo} "
+                f"to {hi}. (Under jit such a label gives a NaN loss and gradient; "
+                f"jaxnn.checking.checked turns it into this error.)"
             )
-    return z, labels
+    valid = (labels >= 0) & (labels < classes)
+    if is_traced(labels):
+        require(
+            valid,
+            f"{who}: labels must lie in [0, {classes}), got values from {{lo}} to {{hi}}",
+            lo=jnp.min(labels),
+            hi=jnp.max(labels),
+        )
+    return z, labels, valid
 
 
 def softmax_cross_entropy_with_integer_labels(logits: ArrayLike, labels: ArrayLike) -> Array:
@@ -139,21 +227,24 @@ def softmax_cross_entropy_with_integer_labels(logits: ArrayLike, labels: ArrayLi
     Args:
       logits: shape ``[..., classes]``.
       labels: integer class indices, shape ``[...]`` (the logits' shape without the last axis).
-        Out-of-range labels are refused when the labels are concrete; under ``jit`` they cannot
-        be inspected.
+        Out-of-range labels are refused when the labels are concrete. Under ``jit`` an
+        out-of-range label makes its example's logits row NaN before the loss, so the loss is
+        NaN and ``jax.grad`` gives that row NaN, as the hand gradient does; the checking mode
+        (:mod:`jaxnn.checking`) raises instead.
     """
-    z, labels = _integer_labels(logits, labels)
-    batch = max(labels.size, 1)
-    picked = jnp.take_along_axis(log_softmax(z), labels[..., None], axis=-1)
-    return -jnp.sum(picked) / batch
+    z, labels, valid = _integer_labels(logits, labels)
+    poison = jnp.where(valid, 1, jnp.nan).astype(z.dtype)[..., None]  # NaN rows: invalid labels
+    safe = jnp.where(valid, labels, 0)
+    picked = jnp.take_along_axis(log_softmax(z * poison), safe[..., None], axis=-1)
+    return -jnp.sum(picked) / labels.size
 
 
 def softmax_cross_entropy_with_integer_labels_grad(logits: ArrayLike, labels: ArrayLike) -> Array:
-    """``∂L/∂z_bc = (softmax(z_b)_c - [c = label_b]) / B``."""
-    z, labels = _integer_labels(logits, labels)
-    batch = max(labels.size, 1)
+    """``∂L/∂z_bc = (softmax(z_b)_c - [c = label_b]) / B``; NaN rows for out-of-range labels."""
+    z, labels, valid = _integer_labels(logits, labels)
     onehot = jax.nn.one_hot(labels, z.shape[-1], dtype=z.dtype)
-    return (softmax(z) - onehot) / batch
+    grad = (softmax(z) - onehot) / labels.size
+    return jnp.where(valid[..., None], grad, jnp.nan)
 
 
 def binary_cross_entropy_with_logits(logits: ArrayLike, targets: ArrayLike) -> Array:
@@ -165,13 +256,15 @@ def binary_cross_entropy_with_logits(logits: ArrayLike, targets: ArrayLike) -> A
       logits: ``z``, any shape.
       targets: ``t`` in [0, 1], same shape.
     """
-    z, t = _pair(logits, targets)
+    z, t = _pair(logits, targets, "binary_cross_entropy_with_logits")
+    _bce_targets("binary_cross_entropy_with_logits", t)
     return jnp.mean(softplus(z) - t * z)
 
 
 def binary_cross_entropy_with_logits_grad(logits: ArrayLike, targets: ArrayLike) -> Array:
     """``∂L/∂z = (σ(z) - t) / N``."""
-    z, t = _pair(logits, targets)
+    z, t = _pair(logits, targets, "binary_cross_entropy_with_logits")
+    _bce_targets("binary_cross_entropy_with_logits", t)
     return (sigmoid(z) - t) / z.size
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from jaxnn import losses as _losses
-from jaxnn._checks import ensure_positive
+from jaxnn._checks import all_finite, ensure_positive, is_traced, require
 from jaxnn._typing import Array, ArrayLike, Layer, Params, PRNGKey, State
 from jaxnn.backprop import GradMode, value_and_grad
 from jaxnn.regularization import Penalty
@@ -43,8 +43,13 @@ def sgd(
     Raises:
       ValueError: a numeric ``learning_rate`` is not a positive finite number.
       TypeError: ``learning_rate`` is neither a number nor a callable schedule.
+
+    A traced rate (an array inside ``jit``) and a schedule's values are applied as given;
+    the checking mode (:mod:`jaxnn.checking`) raises when one is not a positive finite number.
     """
-    if not callable(learning_rate):  # a schedule is evaluated by optax at every step
+    if callable(learning_rate):
+        learning_rate = _checked_schedule(learning_rate)
+    else:  # a schedule is evaluated by optax at every step
         scalar_array = isinstance(learning_rate, jax.Array) and learning_rate.ndim == 0
         if isinstance(learning_rate, bool) or not (
             isinstance(learning_rate, int | float | np.number) or scalar_array
@@ -55,6 +60,8 @@ def sgd(
             )
         ensure_positive(learning_rate, "learning_rate")
     inner = optax.sgd(learning_rate)
+    if is_traced(learning_rate):
+        inner = _checked_rate(inner, learning_rate)
     if trainable is None:
         return inner
 
@@ -64,6 +71,29 @@ def sgd(
         )
 
     return optax.multi_transform({"train": inner, "freeze": optax.set_to_zero()}, labels)
+
+
+def _rate_ok(rate: Array) -> Array:
+    return (rate > 0) & jnp.isfinite(rate)
+
+
+def _checked_schedule(schedule: optax.Schedule) -> optax.Schedule:
+    def checked(count: Array) -> Array:
+        rate = schedule(count)
+        require(_rate_ok(rate), "sgd: the schedule gave learning rate {rate} at step {count}; "
+                "it must be a positive finite number", rate=rate, count=count)  # fmt: skip
+        return rate
+
+    return checked
+
+
+def _checked_rate(inner: optax.GradientTransformation, rate: Array) -> optax.GradientTransformation:
+    def update(updates, state, params=None):
+        require(_rate_ok(rate), "sgd: learning rate {rate} must be a positive finite number",
+                rate=rate)  # fmt: skip
+        return inner.update(updates, state, params)
+
+    return optax.GradientTransformation(inner.init, update)
 
 
 class TrainState(NamedTuple):
@@ -85,14 +115,25 @@ def make_train_step(
     The step runs the network with ``train=True``; ``key`` reaches its stochastic layers
     (a network with dropout needs one per step). The returned loss is the one of the forward
     pass that produced the gradient (i.e. before the update), penalty included.
+
+    The update is applied as the optimizer gives it. In the checking mode
+    (:mod:`jaxnn.checking`) a NaN or infinite loss, gradient or updated parameter raises,
+    naming which (e.g. ``optax.sgd(nan)`` makes the parameters NaN).
     """
     vg = value_and_grad(layer, loss, grad=grad, penalty=penalty)
 
     @jax.jit
     def step(ts: TrainState, x: ArrayLike, targets: ArrayLike, key: PRNGKey | None = None):
         (value, new_state), grads = vg(ts.params, ts.state, x, targets, train=True, key=key)
+        require(jnp.isfinite(value), "train step: the loss is {value}", value=value)
+        require(all_finite(grads), "train step: a gradient is NaN or inf")
         updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
         params = optax.apply_updates(ts.params, updates)
+        require(
+            all_finite(params),
+            "train step: the optimizer's update made a parameter NaN or inf (a NaN or too "
+            "large learning rate?)",
+        )
         return TrainState(params, new_state, opt_state), value
 
     return step
