@@ -56,7 +56,17 @@ reduction already spans the global batch.
 
 **Precision.** Statistics are computed in at least float32 (float16/bfloat16 input is promoted
 for them), with the two-pass variance ``mean((x - mean)²)``, never ``E[x²] - E[x]²`` (which can
-go negative and give NaN). The output has the input's dtype.
+go negative and give NaN), on ``x / scale`` with ``scale`` a power of two near each feature's
+largest ``|x|``: dividing by a power of two is exact, so the results equal the unscaled
+formulas wherever those do not overflow, and stay finite for any finite input (a float32
+``(x - mean)²`` overflows once the spread passes ``1.8e19``). A running variance beyond the
+state dtype's range is stored as its largest finite value (:func:`update_running`). The
+output has the input's dtype.
+
+**Refused**: a training batch of fewer than two values per feature (no variance to estimate;
+a 0-row batch included). Under ``jit`` a ``mask`` selecting fewer than two examples cannot be
+refused: the statistics stay finite but say nothing, and the checking mode
+(:mod:`jaxnn.checking`) raises.
 
 The module is a handful of pure functions — :func:`batch_statistics`, :func:`normalize`,
 :func:`update_running`, the two backwards — and :func:`batchnorm`, which binds a
@@ -73,13 +83,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnn._checks import ensure_float, ensure_input_shape, ensure_positive
+from jaxnn._checks import ensure_float, ensure_input_shape, ensure_positive, is_traced, require
 from jaxnn._typing import Array, ArrayLike, Layer, Params, PRNGKey, Shape, bind_backward
 from jaxnn.layers import default_float
 
 __all__ = [
     "CONVENTIONS",
     "BatchNormState",
+    "Statistics",
     "batch_statistics",
     "batchnorm",
     "normalize",
@@ -123,71 +134,151 @@ class _Config(NamedTuple):
 # ----------------------------------------------------------------------------- the math
 
 
+class Statistics(NamedTuple):
+    """Batch statistics of each feature, kept in a scale where they cannot overflow.
+
+    ``mean = scale · mean_scaled`` and ``var = scale² · var_scaled``, with ``scale`` a power of
+    two near ``max |x|`` (so dividing by it is exact for normal numbers) and
+    ``|mean_scaled| <= 4``, ``var_scaled <= 16``: a float32 feature of any finite spread has finite
+    statistics, though its variance may exceed float32's range (above ``1.8e19²``).
+    """
+
+    count: Array  # [] elements per feature (a masked count, psum-ed with axis_name)
+    scale: Array  # [*bshape] power of two, constant (no gradient)
+    mean_scaled: Array  # [*bshape]
+    var_scaled: Array  # [*bshape] biased
+
+    def var(self, dtype: Any) -> Array:
+        """``scale² · var_scaled`` in ``dtype``, saturating at its largest finite value."""
+        scale = self.scale.astype(dtype)
+        v = self.var_scaled.astype(dtype) * scale * scale  # 0 stays 0 where scale² overflows
+        return jnp.minimum(v, jnp.finfo(dtype).max)
+
+    def mean(self, dtype: Any) -> Array:
+        return self.mean_scaled.astype(dtype) * self.scale.astype(dtype)
+
+
+def _power_of_two_scale(amax: Array) -> Array:
+    """``2**(e - 1)`` for ``amax = m 2**e``, ``m`` in [0.5, 1): within a factor 2 below ``amax``;
+    1 where ``amax`` is 0 or not finite. Kept within ``[2**(minexp - 1), 2**(maxexp - 2)]`` of
+    the dtype (``[2**-126, 2**126]`` for float32) so that its reciprocal is a normal number:
+    XLA may divide by multiplying with it, and CPUs flush subnormals to zero."""
+    info = jnp.finfo(amax.dtype)
+    _, e = jnp.frexp(amax)
+    e = jnp.clip(e - 1, info.minexp - 1, info.maxexp - 2)
+    s = jnp.ldexp(jnp.ones_like(amax), e)
+    return jnp.where(jnp.isfinite(amax) & (amax > 0), s, jnp.ones_like(amax))
+
+
 def batch_statistics(
     x: Array, reduce: tuple[int, ...], mask: Array | None = None, axis_name: str | None = None
-) -> tuple[Array, Array, Array]:
+) -> Statistics:
     """Count, mean and biased variance over the ``reduce`` axes (kept as size-1 axes).
 
-    Two passes: ``mean = Σ x / n``, then ``var = Σ (x - mean)² / n``. With ``mask`` (broadcast
-    against ``x``), only the selected elements count. With ``axis_name``, counts and sums are
-    ``psum``-ed over the mapped axis, so the statistics are those of the global batch, each
-    device weighted by its count. A count of 0 (an all-false mask) is taken as 1 to stay
-    finite; the statistics then say nothing.
+    Two passes on ``x / scale`` shifted by its first row: ``mean = Σ x / n``, then
+    ``var = Σ (x - mean)² / n``, never ``E[x²] - E[x]²`` (which can go negative). Scaling first keeps every intermediate finite
+    (float32 ``x - mean`` squared overflows once the spread passes ``1.8e19``). With ``mask``
+    (broadcast against ``x``), only the selected elements count. With ``axis_name``, counts and
+    sums are ``psum``-ed (the scale ``pmax``-ed) over the mapped axis, so the statistics are
+    those of the global batch, each device weighted by its count. A count of 0 (an all-false
+    mask) is taken as 1 to stay finite; the statistics then say nothing.
     """
-    if mask is None:
-        n = jnp.asarray(math.prod(x.shape[a] for a in reduce), x.dtype)
-        total = jnp.sum(x, axis=reduce, keepdims=True)
+    selected = None if mask is None else jnp.broadcast_to(mask, x.shape)
+    ax = jnp.abs(x) if selected is None else jnp.where(selected, jnp.abs(x), 0)
+    amax = lax.stop_gradient(jnp.max(ax, axis=reduce, keepdims=True, initial=0))
+    if axis_name is not None:
+        amax = lax.pmax(amax, axis_name)
+    scale = _power_of_two_scale(amax)  # a constant: the statistics do not depend on it
+    xs = x / scale
+    # Shifted data (Chan, Golub & LeVeque, 1983): subtracting one of the values first makes a
+    # constant feature's deviations exactly 0 and spares the cancellation of |mean| >> std.
+    # The first row serves (0 across devices, whose first rows differ, and for a padding row
+    # outside the selected range).
+    if axis_name is None:
+        first = lax.stop_gradient(lax.slice_in_dim(xs, 0, 1, axis=reduce[0]))
+        for a in reduce[1:]:
+            first = lax.slice_in_dim(first, 0, 1, axis=a)
+        shift = jnp.where(jnp.abs(first) <= 2, first, 0)
     else:
-        weights = mask.astype(x.dtype)
-        n = jnp.sum(weights)
-        total = jnp.sum(x * weights, axis=reduce, keepdims=True)
+        shift = jnp.zeros_like(scale)
+    y = xs - shift
+    if selected is None:
+        n = jnp.asarray(math.prod(x.shape[a] for a in reduce), x.dtype)
+    else:
+        n = jnp.sum(mask.astype(x.dtype))
+    total = jnp.sum(
+        y if selected is None else jnp.where(selected, y, 0), axis=reduce, keepdims=True
+    )
     if axis_name is not None:
         n, total = lax.psum((n, total), axis_name)
     n = jnp.maximum(n, 1)
-    mean = total / n
-    d = x - mean
-    sq = d * d if mask is None else d * d * mask.astype(x.dtype)
+    m1 = total / n
+    mean = shift + m1
+    d = y - m1
+    sq = d * d if selected is None else jnp.where(selected, d * d, 0)  # padding never counts
     var = jnp.sum(sq, axis=reduce, keepdims=True)
     if axis_name is not None:
         var = lax.psum(var, axis_name)
-    return n, mean, var / n
+    return Statistics(n, scale, mean, var / n)
 
 
 def normalize(
-    x: Array, mean: Array, var: Array, gamma: Array, beta: Array, eps: float
+    x: Array, stats: Statistics, gamma: Array, beta: Array, eps: float
 ) -> tuple[Array, Array, Array]:
-    """``y = gamma · x̂ + beta`` with ``x̂ = (x - mean) / √(var + eps)``; returns ``(y, x̂, s)``."""
-    inv_std = lax.rsqrt(var + jnp.asarray(eps, var.dtype))
-    xhat = (x - mean) * inv_std
+    """``y = gamma · x̂ + beta`` with ``x̂ = (x - mean) / √(var + eps)``; returns ``(y, x̂, s)``
+    with ``s = 1/√(var + eps)``.
+
+    Where the variance is representable (every float32 feature whose spread is below
+    ``1.8e19``) this is the textbook formula on ``x - mean = (x/scale - mean_scaled) · scale``
+    and ``var = (var_scaled · scale) · scale`` (exact rescalings). Beyond, ``eps`` is
+    negligible and ``x̂ = (x/scale - mean_scaled) / √var_scaled``. Each branch sees only
+    finite inputs where the other is selected, so ``jax.grad`` through it stays finite.
+    """
+    dtype = x.dtype
+    scale = stats.scale
+    var = stats.var_scaled * scale * scale
+    fits = var <= jnp.finfo(dtype).max
+    d_scaled = x / scale - stats.mean_scaled
+    zero, one = jnp.zeros_like(var), jnp.ones_like(var)
+    var_fit = jnp.where(fits, stats.var_scaled, zero) * scale * scale
+    inv_std_fit = lax.rsqrt(var_fit + jnp.asarray(eps, dtype))
+    xhat_fit = jnp.where(fits, d_scaled, 0) * scale * inv_std_fit
+    r_huge = lax.rsqrt(jnp.where(fits, one, stats.var_scaled))
+    xhat = jnp.where(fits, xhat_fit, d_scaled * r_huge)
+    inv_std = jnp.where(fits, inv_std_fit, r_huge / scale)
     return gamma * xhat + beta, xhat, inv_std
 
 
 def update_running(
     state: BatchNormState,
-    n: Array,
-    mean: Array,
-    var: Array,
+    stats: Statistics,
     convention: str,
     momentum: float | None,
 ) -> BatchNormState:
     """The running statistics after one training step, per ``convention`` (module docstring).
 
-    ``mean`` and ``var`` are the batch's (biased ``var``) with the running statistics' shape;
-    the update is not differentiated.
+    ``stats`` are the batch's (:func:`batch_statistics`); the update is not differentiated. A
+    variance beyond the state dtype's range (a float32 feature whose spread exceeds ``1.8e19``)
+    is stored as its largest finite value: eval mode then stays finite but under-normalises
+    that feature; keep such data in float64 (``param_dtype``) or rescale it.
     """
-    mean = lax.stop_gradient(mean).astype(state.mean.dtype)
-    var = lax.stop_gradient(var).astype(state.var.dtype)
+    dtype = state.mean.dtype
+    shape = state.mean.shape
+    fmax = jnp.finfo(dtype).max
+    stats = lax.stop_gradient(stats)
+    mean = stats.mean(dtype).reshape(shape)
+    var = stats.var(state.var.dtype).reshape(shape)
     count = state.count + 1
     if convention == "flax":
         new_mean = momentum * state.mean + (1 - momentum) * mean
         new_var = momentum * state.var + (1 - momentum) * var
     else:
-        n = lax.stop_gradient(n).astype(state.var.dtype)
+        n = stats.count.astype(state.var.dtype)
         unbiased = var * n / jnp.maximum(n - 1, 1)  # a 1-example mask: finite, not inf
-        w = momentum if convention == "pytorch" else 1.0 / count.astype(state.mean.dtype)
+        w = momentum if convention == "pytorch" else 1.0 / count.astype(dtype)
         new_mean = (1 - w) * state.mean + w * mean
-        new_var = (1 - w) * state.var + w * unbiased
-    return BatchNormState(new_mean, new_var, count)
+        new_var = (1 - w) * state.var + w * jnp.minimum(unbiased, fmax)
+    return BatchNormState(jnp.clip(new_mean, -fmax, fmax), jnp.minimum(new_var, fmax), count)
 
 
 def _varies(a: Array, axis_name: str) -> bool:
@@ -357,22 +448,29 @@ def _forward(
     beta = params["beta"].astype(sd).reshape(bshape)
     if train:
         local_n = math.prod(x.shape[a] for a in reduce)
-        if local_n == 1 and cfg.axis_name is None and m is None:
+        if cfg.axis_name is None and (local_n == 0 or (local_n == 1 and m is None)):
             raise ValueError(
                 f"{cfg.name}: train mode needs more than one value per feature to estimate a "
-                f"variance, got x.shape={x.shape} ({local_n} value per feature). Use a batch of "
-                f"at least 2, or train=False to normalise with the running statistics."
+                f"variance, got x.shape={x.shape} ({local_n} value(s) per feature). Use a batch "
+                f"of at least 2, or train=False to normalise with the running statistics."
             )
-        n, mean, var = batch_statistics(xs, reduce, m, cfg.axis_name)
-        new_state = update_running(
-            state, n, mean.reshape(feature_shape), var.reshape(feature_shape),
-            cfg.convention, cfg.momentum,
-        )  # fmt: skip
+        stats = batch_statistics(xs, reduce, m, cfg.axis_name)
+        if m is not None and is_traced(m):
+            require(
+                stats.count >= 2,
+                f"{cfg.name}: the mask selects {{n}} example(s); the batch statistics need at "
+                f"least 2",
+                n=stats.count,
+            )
+        new_state = update_running(state, stats, cfg.convention, cfg.momentum)
+        n = stats.count
     else:
         n, new_state = None, state
-        mean = state.mean.astype(sd).reshape(bshape)
-        var = state.var.astype(sd).reshape(bshape)
-    y, xhat, inv_std = normalize(xs, mean, var, gamma, beta, cfg.eps)
+        one = jnp.ones(bshape, sd)
+        stats = Statistics(
+            None, one, state.mean.astype(sd).reshape(bshape), state.var.astype(sd).reshape(bshape)
+        )
+    y, xhat, inv_std = normalize(xs, stats, gamma, beta, cfg.eps)
     static = {
         "reduce": reduce,
         "feature_shape": feature_shape,
@@ -411,13 +509,14 @@ def batchnorm(
     The layer's ``apply`` and ``vjp`` take an extra keyword ``mask``: a boolean array of the
     reduced axes' shape (e.g. ``[batch]``) marking the examples that count in the statistics
     (padding excluded); every example is still normalised. A mask that selects fewer than two
-    examples cannot be refused under ``jit``: the statistics then stay finite but say nothing.
+    examples cannot be refused under ``jit``: the statistics then stay finite but say nothing
+    (the checking mode, :mod:`jaxnn.checking`, raises).
 
     Raises:
       ValueError: unknown convention; ``eps <= 0``; momentum outside its convention's range.
     """
     momentum = _check_momentum(convention, momentum)
-    ensure_positive(eps, "eps")
+    ensure_positive(eps, f"{name}: eps")
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     if not axes:
         raise ValueError("batchnorm: axis must name at least one feature axis.")
