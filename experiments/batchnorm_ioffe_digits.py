@@ -251,7 +251,10 @@ def _train(nets, data, idx, learning_rate: float, eval_every: int) -> dict[str, 
         rec: dict[str, Any] = {"step": [], "train_loss": []}
         start = time.perf_counter()
         train_loss = None
-        for c in range(len(idx) // eval_every + 1):
+        # The bar advances per evaluation: eval_every training steps and one test-set pass.
+        evaluations = range(len(idx) // eval_every + 1)
+        desc = f"lr {learning_rate:g}, {name} network"
+        for c in common.progress(evaluations, desc, unit="eval"):
             if c:
                 chunk = jnp.asarray(idx[(c - 1) * eval_every : c * eval_every])
                 ts, mean_loss = train_steps(ts, chunk, x_train, y_train)

@@ -10,24 +10,63 @@ under ``"labels"``, so a reader of the JSON has it too. An experiment's ``main``
         result = run()
         return common.publish(NAME, out_dir, result, LABELS, report(result), figure(result))
 
-and ``python -m jaxnn_experiments.<name> [out_dir]`` runs it through :func:`script`.
+and ``python -m jaxnn_experiments.<name> [out_dir]`` runs it through :func:`script`. A loop
+that runs for more than a few seconds goes through :func:`progress`: a bar on stderr while it
+runs, shown only when stderr is a terminal and never inside :func:`silence_progress`
+(``jaxnn reproduce --quiet``); stdout holds the reports only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from matplotlib.figure import Figure
+from tqdm import tqdm
 
-__all__ = ["figure", "publish", "script", "table"]
+__all__ = ["figure", "progress", "publish", "script", "silence_progress", "table"]
 
 DPI = 110
 _IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*")
+# tqdm's `disable`: None shows the bars only when stderr is a terminal; True hides them.
+_PROGRESS: dict[str, bool | None] = {"disable": None}
+T = TypeVar("T")
+
+
+def progress(
+    iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it"
+) -> Iterable[T]:
+    """``iterable``, with a progress bar on stderr while it is consumed (tqdm).
+
+    The bar shows only when stderr is a terminal, never inside :func:`silence_progress`, and
+    is erased when the loop ends, so that a terminal keeps the reports only.
+
+    Args:
+      iterable: what the loop runs over.
+      desc: what runs, shown before the bar (e.g. ``"lr 0.5, plain network"``).
+      total: its length, when ``len(iterable)`` does not tell.
+      unit: what one item is (``"eval"``), for the rate.
+    """
+    return tqdm(
+        iterable, desc=desc, total=total, unit=unit, leave=False, disable=_PROGRESS["disable"]
+    )
+
+
+@contextlib.contextmanager
+def silence_progress(silent: bool = True) -> Iterator[None]:
+    """Within the block, :func:`progress` shows no bar (when ``silent``); restored after it."""
+    before = _PROGRESS["disable"]
+    if silent:
+        _PROGRESS["disable"] = True
+    try:
+        yield
+    finally:
+        _PROGRESS["disable"] = before
 
 
 def _is_data_key(key: str) -> bool:
@@ -107,8 +146,9 @@ def publish(
     if figure is not None:
         written.append(out / f"{name}.png")
         figure.savefig(written[-1], dpi=DPI)
-    print(report)
-    print("wrote " + " and ".join(str(p) for p in written))
+    # tqdm.write: a progress bar on stderr steps aside while the report goes to stdout.
+    tqdm.write(report, file=sys.stdout)
+    tqdm.write("wrote " + " and ".join(str(p) for p in written), file=sys.stdout)
     return result
 
 

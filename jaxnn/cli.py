@@ -1,135 +1,427 @@
 """The ``jaxnn`` command.
 
-* ``jaxnn reproduce [--out DIR]`` — runs every experiment of the ``jaxnn_experiments``
-  package (the repository's ``experiments/`` folder); each writes JSON, and figures where it
-  has them, into ``DIR`` (default ``results/``).
-* ``jaxnn gradcheck [--seeds N] [--import MODULE ...] [--only PREFIX]`` — audits every
-  registered hand-derived gradient against ``jax.grad`` and finite differences at random
-  shapes and seeds (the list in :mod:`jaxnn.audit`), prints a table, and exits 1 on any
-  mismatch. ``--import`` loads a module of yours (from the working folder too) that registers
-  its own cases with :func:`jaxnn.gradcheck.register`.
+* ``jaxnn reproduce [--out DIR] [--quiet]`` — runs every experiment of the
+  ``jaxnn_experiments`` package (the repository's ``experiments/`` folder); each writes JSON,
+  and figures where it has them, into ``DIR`` (default ``results/``). ``DIR`` is checked
+  before anything runs: it must be a folder that can be created and written.
+* ``jaxnn gradcheck [--seeds N] [--import MODULE ...] [--only PREFIX] [--quiet]`` — audits
+  every registered hand-derived gradient against ``jax.grad`` and finite differences at random
+  shapes and seeds (the list in :mod:`jaxnn.audit`) and prints a table and a summary line
+  (``N passed, M failed, K errors``). ``--import`` loads a module of yours (from the working
+  folder too) that registers its own cases with :func:`jaxnn.gradcheck.register`. A case that
+  fails to build or raises while being checked is an ERROR row; the audit goes on through
+  every other case.
+* ``jaxnn --version`` — the installed version.
+
+Exit status, argparse's convention:
+
+* 0 — success: every check passed, every experiment ran.
+* 1 — a gradient mismatch (``gradcheck``), an experiment that raised (``reproduce``).
+* 2 — a usage error: bad arguments, an ``--import`` module that cannot be found or raises
+  while importing, an ``--only`` that matches no case, an ``--out`` that is not a writable
+  folder, the experiments not installed; and audit cases that fail to build or raise while
+  being checked. When an audit has both mismatches and errors, 2 wins: the audit is
+  incomplete, and a case that raised may hide a mismatch of its own.
+
+stdout holds the report only (``jaxnn gradcheck > audit.txt`` gives the table and the
+summary); progress bars and the details of failures and errors go to stderr. Progress shows
+only when stderr is a terminal, and never with ``--quiet`` (``-q``, an option of each
+subcommand).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
+import importlib.util
 import os
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NamedTuple
 
-__all__ = ["main"]
+from tqdm import tqdm
+
+__all__ = ["import_experiments", "main", "version"]
+
+EXPERIMENTS_PACKAGE = "jaxnn_experiments"
+_INSTALL_EXPERIMENTS = (
+    "Install them with the experiments extra: pip install -e '.[experiments]' from the "
+    "repository root."
+)
+_HEADER = (
+    "case",
+    "seed",
+    "shapes",
+    "hand vs jax.grad (rel)",
+    "vs finite diff (err/bound)",
+    "ok",
+)
+
+
+def version() -> str:
+    """jaxnn's version: the installed distribution's, else ``jaxnn.__version__``."""
+    try:
+        return importlib.metadata.version("jaxnn")
+    except importlib.metadata.PackageNotFoundError:
+        from jaxnn._version import __version__
+
+        return __version__
+
+
+def _repository_experiments() -> Path:
+    """The ``experiments/`` folder beside the folder of this ``jaxnn`` package."""
+    return Path(__file__).resolve().parent.parent / "experiments"
+
+
+def import_experiments() -> ModuleType:
+    """The experiments package ``jaxnn_experiments``, installed or from the repository.
+
+    Installed (``pip install -e '.[experiments]'``), it is imported as it is. With the
+    repository only on the path (``PYTHONPATH=.``), the repository's ``experiments/`` folder,
+    beside the ``jaxnn`` package's folder, is loaded under the name ``jaxnn_experiments`` and
+    registered in ``sys.modules``, so that ``import jaxnn_experiments.<name>`` works after
+    this call.
+
+    Raises:
+      ModuleNotFoundError: neither is there; the message says how to install them.
+    """
+    try:
+        return importlib.import_module(EXPERIMENTS_PACKAGE)
+    except ModuleNotFoundError as e:
+        if e.name != EXPERIMENTS_PACKAGE:
+            raise
+    folder = _repository_experiments()
+    init = folder / "__init__.py"
+    # pyproject.toml beside it: a checkout of the repository, not an unrelated `experiments`
+    # folder that happens to sit next to an installed jaxnn.
+    if not (init.is_file() and (folder.parent / "pyproject.toml").is_file()):
+        raise ModuleNotFoundError(
+            f"no module named {EXPERIMENTS_PACKAGE!r} is installed, and {folder} is not the "
+            f"experiments folder of a jaxnn repository. {_INSTALL_EXPERIMENTS}",
+            name=EXPERIMENTS_PACKAGE,
+        )
+    spec = importlib.util.spec_from_file_location(
+        EXPERIMENTS_PACKAGE, init, submodule_search_locations=[str(folder)]
+    )
+    assert spec is not None and spec.loader is not None  # a file location always has both
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[EXPERIMENTS_PACKAGE] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[EXPERIMENTS_PACKAGE]
+        raise
+    return module
+
+
+def _progress_disabled(quiet: bool) -> bool | None:
+    # None is tqdm's "shown only when the stream is a terminal".
+    return True if quiet else None
+
+
+# ----------------------------------------------------------------------------- reproduce
+
+
+def _check_out(out: str) -> str | None:
+    """Why ``out`` cannot receive the results, or None. It is created if missing, and a
+    temporary file is created and removed in it: what the experiments will do, done first."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        return (
+            f"--out expects a folder (new or existing) for the results, got {out!r}, which is a "
+            f"file. Name a folder, e.g. --out results, or move the file away."
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return (
+            f"--out expects a folder that can be created, got {out!r}, which cannot be "
+            f"({e.strerror or e}). Name a folder under one you can write to, e.g. --out results."
+        )
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        return (
+            f"--out expects a folder that can be written, got {out!r}, which cannot be written "
+            f"({e.strerror or e}). Name a folder you can write to, or fix its permissions."
+        )
+    return None
 
 
 def reproduce(args: argparse.Namespace) -> int:
+    problem = _check_out(args.out)
+    if problem:
+        print(f"jaxnn reproduce: {problem}", file=sys.stderr)
+        return 2
     try:
-        import jaxnn_experiments as experiments
+        package = import_experiments()
+        common = importlib.import_module(f"{EXPERIMENTS_PACKAGE}.common")
+        modules = {
+            name: importlib.import_module(f"{EXPERIMENTS_PACKAGE}.{name}")
+            for name in package.EXPERIMENTS
+        }
     except ImportError as e:  # the experiments need matplotlib and scikit-learn
         print(
-            f"jaxnn reproduce: cannot import the experiments ({e}). Install them with the "
-            f"experiments extra: pip install -e '.[experiments]' from the repository root.",
+            f"jaxnn reproduce: cannot import the experiments ({e}). {_INSTALL_EXPERIMENTS}",
             file=sys.stderr,
         )
         return 2
     failed = []
-    for name in experiments.EXPERIMENTS:
-        print(f"== {name}")
-        start = time.perf_counter()
-        try:
-            importlib.import_module(f"jaxnn_experiments.{name}").main(args.out)
-        except Exception as e:  # report every experiment, then fail
-            failed.append(name)
-            print(f"!! {name} failed: {type(e).__name__}: {e}", file=sys.stderr)
-        print(f"== {name}: {time.perf_counter() - start:.1f} s\n")
+    bar = tqdm(
+        modules.items(),
+        desc="reproduce",
+        unit="experiment",
+        disable=_progress_disabled(args.quiet),
+    )
+    with common.silence_progress(args.quiet), bar:
+        for name, module in bar:
+            bar.set_postfix_str(name)
+            # tqdm.write: the bar on stderr steps aside while the report goes to stdout.
+            tqdm.write(f"== {name}", file=sys.stdout)
+            start = time.perf_counter()
+            try:
+                module.main(args.out)
+            except Exception as e:  # report every experiment, then fail
+                failed.append(name)
+                trace = "".join(traceback.format_exception(e)).rstrip()
+                tqdm.write(f"!! {name} failed: {type(e).__name__}: {e}\n{trace}", file=sys.stderr)
+            tqdm.write(f"== {name}: {time.perf_counter() - start:.1f} s\n", file=sys.stdout)
     if failed:
         print(
-            f"jaxnn reproduce: {len(failed)} experiment(s) failed: {', '.join(failed)}",
+            f"jaxnn reproduce: {len(failed)} experiment(s) failed: {', '.join(failed)} (exit 1; "
+            f"the tracebacks are above).",
             file=sys.stderr,
         )
         return 1
     return 0
 
 
-def gradcheck(args: argparse.Namespace) -> int:
+# ----------------------------------------------------------------------------- gradcheck
+
+
+def _seeds(text: str) -> int:
+    """argparse type of ``--seeds``: a whole number >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number >= 1 (random draws per case), got {text!r}; e.g. --seeds 3"
+        )
+    return n
+
+
+def _where(e: BaseException) -> str:
+    """``file:line`` where ``e`` was raised (for a SyntaxError, where the bad line is)."""
+    if isinstance(e, SyntaxError) and e.filename:
+        return f"{e.filename}:{e.lineno}"
+    frames = traceback.extract_tb(e.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+
+
+def _import_user_modules(modules: Sequence[str]) -> str | None:
+    """Import each ``--import`` module; the reason one cannot be, or None."""
+    if modules and "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would: your module in this folder
+    importlib.invalidate_caches()  # a module written just before the run is found
+    for module in modules:
+        if module.endswith(".py") or "/" in module or os.sep in module:
+            return (
+                f"--import expects a module name, got {module!r}, a file path. Run jaxnn from "
+                f"the folder holding the file and give its name without .py: --import {Path(module).stem}."
+            )
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name is not None and (module == e.name or module.startswith(e.name + ".")):
+                return (
+                    f"--import {module}: no module named {e.name!r} on the path (the working "
+                    f"folder {os.getcwd()} included). Run jaxnn from the folder that holds "
+                    f"{module.replace('.', '/')}.py, or add that folder to PYTHONPATH."
+                )
+            return _import_raised(module, e)
+        except Exception as e:  # SyntaxError included: the module exists but does not load
+            return _import_raised(module, e)
+    return None
+
+
+def _import_raised(module: str, e: BaseException) -> str:
+    return (
+        f"--import {module}: importing it raised {type(e).__name__} at {_where(e)}: {e}. Fix "
+        f"the module (python -c 'import {module}' shows the traceback) and run again."
+    )
+
+
+class _Check(NamedTuple):
+    """One case at one seed, as the table and stderr report it."""
+
+    row: tuple[str, ...]  # the table's cells, as _HEADER
+    status: str  # "ok", "MISMATCH" or "ERROR"
+    detail: str  # what stderr says of a mismatch or an error; "" when ok
+
+
+def _check(name: str, make: Callable[[Any], Any], seed: int) -> _Check:
+    """Build the case ``name`` at ``seed`` and check it; an exception is an ERROR row."""
     import jax
 
+    from jaxnn import gradcheck as gc
+
+    stage, shapes = "building the case", "-"
+    try:
+        with jax.enable_x64(True):
+            case = make(jax.random.key(seed))
+            stage, shapes = "checking it", str(getattr(case, "description", "")) or "-"
+            report = gc.check_gradients(
+                case.f, *case.args, grad_fn=case.grad_fn, argnums=case.argnums,
+                key=jax.random.key(seed), raise_on_mismatch=False,
+            )  # fmt: skip
+    except Exception as e:  # recorded, and the audit goes on
+        trace = "".join(traceback.format_exception(e)).rstrip()
+        return _Check(
+            (name, str(seed), shapes, "-", "-", "ERROR"),
+            "ERROR",
+            f"{name} (seed {seed}): ERROR while {stage}: {type(e).__name__}: {e}\n{trace}",
+        )
+    fd = [p for leaf in report.leaves for p in leaf.pairs if p.pair[1] == gc.FD]
+    # err/bound at each pair's worst element (the element with the largest ratio)
+    worst_fd = max(
+        (abs(p.value_a - p.value_b) / p.tolerance if p.tolerance else 0.0 for p in fd),
+        default=0.0,
+    )
+    status = "ok" if report.ok else "MISMATCH"
+    detail = ""
+    if not report.ok:
+        leaf, p = report.failures[0]
+        detail = f"{name} (seed {seed}): {gc._describe(leaf, p, report.rtol)}\n{report.table()}"
+    rel = f"{report.max_rel_err((gc.HAND, gc.AUTO)):.2e}"
+    return _Check((name, str(seed), shapes, rel, f"{worst_fd:.2f}", status), status, detail)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def gradcheck(args: argparse.Namespace) -> int:
     from jaxnn import audit
     from jaxnn import gradcheck as gc
 
-    if args.imports and "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as `python -m` would: your module in this folder
-    for module in args.imports:
-        importlib.import_module(module)
-    cases = {k: v for k, v in audit.cases().items() if k.startswith(args.only)}
-    if not cases:
-        print(f"jaxnn gradcheck: no registered case starts with {args.only!r}.", file=sys.stderr)
+    problem = _import_user_modules(args.imports)
+    if problem:
+        print(f"jaxnn gradcheck: {problem}", file=sys.stderr)
         return 2
-    header = (
-        "case",
-        "seed",
-        "shapes",
-        "hand vs jax.grad (rel)",
-        "vs finite diff (err/bound)",
-        "ok",
-    )
-    rows = [header]
-    failures = []
-    for name, make in sorted(cases.items()):
-        for seed in range(args.seeds):
-            with jax.enable_x64(True):
-                case = make(jax.random.key(seed))
-                report = gc.check_gradients(
-                    case.f, *case.args, grad_fn=case.grad_fn, argnums=case.argnums,
-                    key=jax.random.key(seed), raise_on_mismatch=False,
-                )  # fmt: skip
-            fd = [p for leaf in report.leaves for p in leaf.pairs if p.pair[1] == gc.FD]
-            # err/bound at each pair's worst element (the element with the largest ratio)
-            worst_fd = max(
-                (abs(p.value_a - p.value_b) / p.tolerance if p.tolerance else 0.0 for p in fd),
-                default=0.0,
-            )
-            rows.append(
-                (
-                    name,
-                    str(seed),
-                    case.description,
-                    f"{report.max_rel_err((gc.HAND, gc.AUTO)):.2e}",
-                    f"{worst_fd:.2f}",
-                    "ok" if report.ok else "MISMATCH",
-                )
-            )
-            if not report.ok:
-                failures.append((name, seed, report))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
-    print(
-        f"\n{len(rows) - 1 - len(failures)} passed, {len(failures)} failed (rtol {gc.RTOL:g} vs jax.grad; "
-        "finite differences within their derived bound when err/bound <= 1)"
-    )
-    for name, seed, report in failures:
-        leaf, p = report.failures[0]
+    try:
+        every_case = audit.cases()
+    except ValueError as e:  # a user case named like one of the library's
+        print(f"jaxnn gradcheck: {e}", file=sys.stderr)
+        return 2
+    cases = sorted((k, v) for k, v in every_case.items() if k.startswith(args.only))
+    if not cases:
+        groups = ", ".join(sorted({k.split(".")[0] + "." for k in every_case}))
         print(
-            f"\n{name} (seed {seed}): {gc._describe(leaf, p, report.rtol)}\n{report.table()}",
+            f"jaxnn gradcheck: no registered case starts with {args.only!r}. --only expects "
+            f"the start of a case name, e.g. one of the groups {groups}",
             file=sys.stderr,
         )
-    return 1 if failures else 0
+        return 2
+
+    checks: list[_Check] = []
+    bar = tqdm(
+        total=len(cases) * args.seeds,
+        desc="gradcheck",
+        unit="check",
+        leave=False,
+        disable=_progress_disabled(args.quiet),
+    )
+    with bar:
+        for name, make in cases:
+            for seed in range(args.seeds):
+                bar.set_postfix_str(f"{name}, seed {seed}")  # the check that runs
+                checks.append(_check(name, make, seed))
+                bar.update()
+
+    rows = [_HEADER, *(c.row for c in checks)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(_HEADER))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    counts = {s: sum(c.status == s for c in checks) for s in ("ok", "MISMATCH", "ERROR")}
+    print(
+        f"\n{counts['ok']} passed, {counts['MISMATCH']} failed, {_plural(counts['ERROR'], 'error')} "
+        f"(rtol {gc.RTOL:g} vs jax.grad; finite differences within their derived bound when "
+        "err/bound <= 1)"
+    )
+    sys.stdout.flush()  # the table before the details, when both go to one terminal
+    for c in checks:
+        if c.detail:
+            print(f"\n{c.detail}", file=sys.stderr)
+    if counts["ERROR"]:
+        print(
+            f"\njaxnn gradcheck: {_plural(counts['ERROR'], 'check')} raised instead of "
+            f"completing (exit 2: the audit is incomplete), {counts['MISMATCH']} mismatched. "
+            "Fix the cases named above; their tracebacks say where they raised.",
+            file=sys.stderr,
+        )
+        return 2
+    if counts["MISMATCH"]:
+        print(
+            f"\njaxnn gradcheck: {_plural(counts['MISMATCH'], 'check')} mismatched (exit 1); "
+            "the tables above name the leaf and the pair of gradients that disagree.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jaxnn", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("reproduce", help="run every experiment and write its results")
+# ----------------------------------------------------------------------------- the parser
+
+
+def _parser() -> argparse.ArgumentParser:
+    doc = __doc__ or ""
+    parser = argparse.ArgumentParser(
+        prog="jaxnn",
+        description=doc.split("\n\n")[0],
+        epilog="exit status: 0 success; 1 a gradient mismatch or a failed experiment; 2 a "
+        "usage error, an --import that cannot be imported, or audit cases that raised.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument(
+        "-q", "--quiet", action="store_true",
+        help="no progress on stderr (progress shows only when stderr is a terminal)",
+    )  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{reproduce,gradcheck}")
+    p = sub.add_parser(
+        "reproduce", parents=[quiet], help="run every experiment and write its results"
+    )
     p.add_argument("--out", default="results", help="output folder (default: results)")
     p.set_defaults(run=reproduce)
-    p = sub.add_parser("gradcheck", help="audit every registered hand-derived gradient")
-    p.add_argument("--seeds", type=int, default=3, help="random draws per case (default: 3)")
-    p.add_argument("--only", default="", help="audit only the cases whose name starts with this")
+    p = sub.add_parser(
+        "gradcheck", parents=[quiet], help="audit every registered hand-derived gradient"
+    )
+    p.add_argument("--seeds", type=_seeds, default=3, metavar="N",
+                   help="random draws per case, a whole number >= 1 (default: 3)")  # fmt: skip
+    p.add_argument("--only", default="", metavar="PREFIX",
+                   help="audit only the cases whose name starts with this")  # fmt: skip
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import a module that registers its own cases (repeatable)")  # fmt: skip
     p.set_defaults(run=gradcheck)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``jaxnn`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Usage errors exit through argparse (``SystemExit(2)``), as ``--version`` and ``--help``
+    do (``SystemExit(0)``).
+    """
+    args = _parser().parse_args(argv)
     return args.run(args)
 
 

@@ -5,6 +5,12 @@ import os
 import jax
 from hypothesis import HealthCheck, settings
 
+from jaxnn.cli import import_experiments
+
+# Before any test module imports jaxnn_experiments: installed, or the repository's experiments/
+# folder when the repository is only on the path (PYTHONPATH=.).
+import_experiments()
+
 jax.config.update("jax_enable_x64", True)
 
 settings.register_profile(
