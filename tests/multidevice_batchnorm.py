@@ -34,8 +34,9 @@ def close(a, b, what):
 
 def main():
     assert jax.config.jax_enable_x64, "run with JAX_ENABLE_X64=1"
-    devices = jax.devices()
-    assert len(devices) == 4, f"need 4 devices (XLA_FLAGS), got {len(devices)}"
+    # The 4 simulated host devices, whatever the default backend (a GPU machine has 1 GPU).
+    devices = jax.devices("cpu")
+    assert len(devices) == 4, f"need 4 CPU devices (XLA_FLAGS), got {len(devices)}"
     mesh = Mesh(np.array(devices), ("batch",))
     rows, feats = 4, 3
     x = jax.random.normal(jax.random.key(0), (4 * rows, feats)) * jnp.asarray(

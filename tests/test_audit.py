@@ -2,6 +2,7 @@
 it; importing jaxnn registers nothing; the import graph of jaxnn has no cycle."""
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,7 +81,14 @@ def test_importing_jaxnn_registers_nothing():
     code = (
         "import jaxnn, jaxnn.audit; from jaxnn import gradcheck; print(len(gradcheck.registered()))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    root = str(Path(__file__).resolve().parent.parent)  # importable, installed or not
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0"
 

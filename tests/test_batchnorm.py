@@ -300,10 +300,15 @@ MULTI_DEVICE_SCRIPT = Path(__file__).parent / "multidevice_batchnorm.py"
 
 def test_multi_device_statistics_are_global_and_count_weighted():
     # XLA_FLAGS must be set before JAX starts: a separate process with 4 simulated CPU devices.
+    # JAX_PLATFORMS=cpu: the 4 simulated devices are the host's, on a GPU machine too (the
+    # default backend there has 1 device); PYTHONPATH: jaxnn imports whether installed or not.
+    root = str(Path(__file__).resolve().parent.parent)
     env = {
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
         "JAX_ENABLE_X64": "1",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
     }
     result = subprocess.run(
         [sys.executable, str(MULTI_DEVICE_SCRIPT)],
@@ -314,3 +319,64 @@ def test_multi_device_statistics_are_global_and_count_weighted():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ALL CHECKS PASSED" in result.stdout
+
+
+# ----------------------------------------------------------------------------- extreme inputs
+
+_U = np.random.default_rng(7).standard_normal((16, 3))
+EXTREME = {
+    "1e30": _U * 1e30,
+    "1e-30": _U * 1e-30,
+    "mixed": _U * np.array([1e30, 1.0, 1e-30]),
+    "constant": np.full((16, 3), 1e30),
+    "float32-max": np.tile([[3.4e38], [-3.4e38]], (8, 3)),
+}
+
+
+@pytest.mark.parametrize("name", list(EXTREME))
+def test_float32_statistics_stay_finite_for_any_finite_spread(name):
+    # Float32 input, float32 statistics: a variance of 1e60 is not representable, but the
+    # normalised output, the gradients and the state are finite, and the training output is the
+    # textbook formula (float64 reference, an independent computation).
+    x = jnp.asarray(EXTREME[name], jnp.float32)
+    layer = batchnorm(param_dtype=jnp.float32)
+    params, state = layer.init(None, x.shape)
+    y, new_state = layer.apply(params, state, x, train=True)
+    y_eval, _ = layer.apply(params, new_state, x, train=False)
+    dy = jnp.asarray(np.random.default_rng(8).standard_normal(x.shape), jnp.float32)
+    _, _, backward = layer.vjp(params, state, x, train=True)
+    hand = backward(dy)
+    auto = jax.grad(
+        lambda p, x: jnp.sum(layer.apply(p, state, x, train=True)[0] * dy), argnums=(0, 1)
+    )(params, x)
+    for leaf in jax.tree.leaves((y, y_eval, new_state, hand, auto)):
+        assert np.isfinite(np.asarray(leaf)).all(), name
+    x64 = np.asarray(x, np.float64)
+    mean, var = x64.mean(0), x64.var(0)
+    expected = (x64 - mean) / np.sqrt(var + 1e-5)
+    # Float32 rounding (u = eps32 / 2): the shifted mean of n = 16 values is off by about
+    # n u max|x - x0|, which moves x̂ by that over √(var + eps); the scale and the rsqrt add a
+    # few ulps of x̂ itself. Twice 2 n u = 4 n (eps32 / 2) of each: a bound, not a fit.
+    eps32 = float(np.finfo(np.float32).eps)
+    spread = np.max(np.abs(x64 - x64[0]), 0) / np.sqrt(var + 1e-5)
+    bound = 2 * 16 * eps32 * (spread + np.abs(expected))
+    assert np.all(np.abs(np.asarray(y, np.float64) - expected) <= bound), name
+    # The hand backward and jax.grad agree: float32 rounding of 16-element sums (n u each, two
+    # of them, times a cancellation of at most a few in dy - mean(dy) - x̂ mean(dy x̂)).
+    for h, a in zip(jax.tree.leaves(hand), jax.tree.leaves(auto), strict=True):
+        h, a = np.asarray(h, np.float64), np.asarray(a, np.float64)
+        assert np.max(np.abs(h - a)) <= 64 * eps32 * max(np.max(np.abs(a)), 1e-300), name
+    if name == "constant":  # no spread: x̂ = 0, y = beta, and the running variance decays
+        np.testing.assert_array_equal(np.asarray(y), 0.0)
+        np.testing.assert_allclose(np.asarray(new_state.var), 0.9, rtol=eps32)
+
+
+def test_a_variance_beyond_float32_saturates_the_running_state_finitely():
+    # std 1e30: var 1e60 cannot be stored in float32; it is stored as float32's max
+    # (documented in update_running), never inf.
+    x = jnp.asarray(EXTREME["1e30"], jnp.float32)
+    layer = batchnorm(param_dtype=jnp.float32)
+    params, state = layer.init(None, x.shape)
+    _, new_state = layer.apply(params, state, x, train=True)
+    fmax = float(np.finfo(np.float32).max)
+    np.testing.assert_allclose(np.asarray(new_state.var), 0.9 + 0.1 * fmax, rtol=1e-6)

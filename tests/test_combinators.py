@@ -240,7 +240,7 @@ def test_bad_hyperparameters():
         combinators.mlp([2, 2, 2], ["tanh", "tanh"])
     with pytest.raises(ValueError, match="not both"):
         combinators.mlp([2, 2], ["tanh", "tanh"], final_activation="sigmoid")
-    with pytest.raises(TypeError, match="not a Layer"):
+    with pytest.raises(TypeError, match="must be a Layer"):
         combinators.serial(layers.dense(2), "tanh")
     with pytest.raises(TypeError, match=r"list of layer sizes, e.g. \[100, 10\], got 3"):
         combinators.mlp(3)
