@@ -56,12 +56,11 @@ reduction already spans the global batch.
 
 **Precision.** Statistics are computed in at least float32 (float16/bfloat16 input is promoted
 for them), with the two-pass variance ``mean((x - mean)²)``, never ``E[x²] - E[x]²`` (which can
-go negative and give NaN), on ``x / scale`` with ``scale`` a power of two near each feature's
-largest ``|x|``: dividing by a power of two is exact, so the results equal the unscaled
-formulas wherever those do not overflow, and stay finite for any finite input (a float32
-``(x - mean)²`` overflows once the spread passes ``1.8e19``). A running variance beyond the
-state dtype's range is stored as its largest finite value (:func:`update_running`). The
-output has the input's dtype.
+go negative and give NaN), on ``x / scale`` with ``scale >= 1`` a power of two near each
+feature's largest ``|x|``: dividing by a power of two is exact, and every intermediate stays
+finite for any finite input (a float32 ``(x - mean)²`` overflows once the spread passes
+``1.8e19``). A running variance beyond the state dtype's range is stored as its largest
+finite value (:func:`update_running`). The output has the input's dtype.
 
 **Refused**: a training batch of fewer than two values per feature (no variance to estimate;
 a 0-row batch included). Under ``jit`` a ``mask`` selecting fewer than two examples cannot be
@@ -137,8 +136,8 @@ class _Config(NamedTuple):
 class Statistics(NamedTuple):
     """Batch statistics of each feature, kept in a scale where they cannot overflow.
 
-    ``mean = scale · mean_scaled`` and ``var = scale² · var_scaled``, with ``scale`` a power of
-    two near ``max |x|`` (so dividing by it is exact for normal numbers) and
+    ``mean = scale · mean_scaled`` and ``var = scale² · var_scaled``, with ``scale >= 1`` a
+    power of two near ``max |x|`` (so dividing by it is exact for normal numbers) and
     ``|mean_scaled| <= 4``, ``var_scaled <= 16``: a float32 feature of any finite spread has finite
     statistics, though its variance may exceed float32's range (above ``1.8e19²``).
     """
@@ -159,15 +158,16 @@ class Statistics(NamedTuple):
 
 
 def _power_of_two_scale(amax: Array) -> Array:
-    """``2**(e - 1)`` for ``amax = m 2**e``, ``m`` in [0.5, 1): within a factor 2 below ``amax``;
-    1 where ``amax`` is 0 or not finite. Kept within ``[2**(minexp - 1), 2**(maxexp - 2)]`` of
-    the dtype (``[2**-126, 2**126]`` for float32) so that its reciprocal is a normal number:
-    XLA may divide by multiplying with it, and CPUs flush subnormals to zero."""
+    """``2**(e - 1)`` for ``amax = m 2**e``, ``m`` in [0.5, 1): within a factor 2 below
+    ``amax``; 1 where that is smaller (values below 2 need no scaling: nothing overflows),
+    or ``amax`` is not finite; at most ``2**(maxexp - 2)`` (``2**126`` for float32) so that
+    its reciprocal is a normal number (XLA may divide by multiplying with it, and CPUs flush
+    subnormals to zero)."""
     info = jnp.finfo(amax.dtype)
     _, e = jnp.frexp(amax)
-    e = jnp.clip(e - 1, info.minexp - 1, info.maxexp - 2)
+    e = jnp.clip(e - 1, 0, info.maxexp - 2)
     s = jnp.ldexp(jnp.ones_like(amax), e)
-    return jnp.where(jnp.isfinite(amax) & (amax > 0), s, jnp.ones_like(amax))
+    return jnp.where(jnp.isfinite(amax), s, jnp.ones_like(amax))
 
 
 def batch_statistics(
@@ -175,13 +175,13 @@ def batch_statistics(
 ) -> Statistics:
     """Count, mean and biased variance over the ``reduce`` axes (kept as size-1 axes).
 
-    Two passes on ``x / scale`` shifted by its first row: ``mean = Σ x / n``, then
-    ``var = Σ (x - mean)² / n``, never ``E[x²] - E[x]²`` (which can go negative). Scaling first keeps every intermediate finite
-    (float32 ``x - mean`` squared overflows once the spread passes ``1.8e19``). With ``mask``
-    (broadcast against ``x``), only the selected elements count. With ``axis_name``, counts and
-    sums are ``psum``-ed (the scale ``pmax``-ed) over the mapped axis, so the statistics are
-    those of the global batch, each device weighted by its count. A count of 0 (an all-false
-    mask) is taken as 1 to stay finite; the statistics then say nothing.
+    Two passes on ``x / scale``: ``mean = Σ x / n``, then ``var = Σ (x - mean)² / n``, never ``E[x²] - E[x]²`` (which can go negative). The scale
+    (:class:`Statistics`) keeps every intermediate finite: float32 ``(x - mean)²`` overflows
+    once the spread passes ``1.8e19``. With ``mask`` (broadcast against ``x``), only the
+    selected elements count. With ``axis_name``, counts and sums are ``psum``-ed (the scale
+    ``pmax``-ed) over the mapped axis, so the statistics are those of the global batch, each
+    device weighted by its count. A count of 0 (an all-false mask) is taken as 1 to stay
+    finite; the statistics then say nothing.
     """
     selected = None if mask is None else jnp.broadcast_to(mask, x.shape)
     ax = jnp.abs(x) if selected is None else jnp.where(selected, jnp.abs(x), 0)
@@ -189,32 +189,18 @@ def batch_statistics(
     if axis_name is not None:
         amax = lax.pmax(amax, axis_name)
     scale = _power_of_two_scale(amax)  # a constant: the statistics do not depend on it
-    xs = x / scale
-    # Shifted data (Chan, Golub & LeVeque, 1983): subtracting one of the values first makes a
-    # constant feature's deviations exactly 0 and spares the cancellation of |mean| >> std.
-    # The first row serves (0 across devices, whose first rows differ, and for a padding row
-    # outside the selected range).
-    if axis_name is None:
-        first = lax.stop_gradient(lax.slice_in_dim(xs, 0, 1, axis=reduce[0]))
-        for a in reduce[1:]:
-            first = lax.slice_in_dim(first, 0, 1, axis=a)
-        shift = jnp.where(jnp.abs(first) <= 2, first, 0)
-    else:
-        shift = jnp.zeros_like(scale)
-    y = xs - shift
+    y = x / scale
     if selected is None:
         n = jnp.asarray(math.prod(x.shape[a] for a in reduce), x.dtype)
+        total = jnp.sum(y, axis=reduce, keepdims=True)
     else:
         n = jnp.sum(mask.astype(x.dtype))
-    total = jnp.sum(
-        y if selected is None else jnp.where(selected, y, 0), axis=reduce, keepdims=True
-    )
+        total = jnp.sum(jnp.where(selected, y, 0), axis=reduce, keepdims=True)
     if axis_name is not None:
         n, total = lax.psum((n, total), axis_name)
     n = jnp.maximum(n, 1)
-    m1 = total / n
-    mean = shift + m1
-    d = y - m1
+    mean = total / n
+    d = y - mean
     sq = d * d if selected is None else jnp.where(selected, d * d, 0)  # padding never counts
     var = jnp.sum(sq, axis=reduce, keepdims=True)
     if axis_name is not None:
@@ -228,25 +214,26 @@ def normalize(
     """``y = gamma · x̂ + beta`` with ``x̂ = (x - mean) / √(var + eps)``; returns ``(y, x̂, s)``
     with ``s = 1/√(var + eps)``.
 
-    Where the variance is representable (every float32 feature whose spread is below
-    ``1.8e19``) this is the textbook formula on ``x - mean = (x/scale - mean_scaled) · scale``
-    and ``var = (var_scaled · scale) · scale`` (exact rescalings). Beyond, ``eps`` is
-    negligible and ``x̂ = (x/scale - mean_scaled) / √var_scaled``. Each branch sees only
-    finite inputs where the other is selected, so ``jax.grad`` through it stays finite.
+    In the scaled statistics' units, ``x̂ = (x/scale - mean_scaled) · r`` with
+    ``r = scale · s = 1/√(var_scaled + eps/scale²)``, exact unless the sum underflows (a
+    variance of 0 and ``scale > 2.7e20`` in float32), where ``r = scale/√eps`` (its value at
+    variance 0; above ``scale = 1e36`` the largest float). With ``scale = 1`` this is the
+    textbook formula, rounding included. ``r`` is one number per feature, so ``jax.grad`` through it costs what the
+    textbook formula costs.
     """
     dtype = x.dtype
     scale = stats.scale
-    var = stats.var_scaled * scale * scale
-    fits = var <= jnp.finfo(dtype).max
-    d_scaled = x / scale - stats.mean_scaled
-    zero, one = jnp.zeros_like(var), jnp.ones_like(var)
-    var_fit = jnp.where(fits, stats.var_scaled, zero) * scale * scale
-    inv_std_fit = lax.rsqrt(var_fit + jnp.asarray(eps, dtype))
-    xhat_fit = jnp.where(fits, d_scaled, 0) * scale * inv_std_fit
-    r_huge = lax.rsqrt(jnp.where(fits, one, stats.var_scaled))
-    xhat = jnp.where(fits, xhat_fit, d_scaled * r_huge)
-    inv_std = jnp.where(fits, inv_std_fit, r_huge / scale)
-    return gamma * xhat + beta, xhat, inv_std
+    eps_ = jnp.asarray(eps, dtype)
+    info = jnp.finfo(dtype)
+    arg = stats.var_scaled + eps_ / (scale * scale)
+    exact = arg >= info.tiny  # else the variance is 0 and eps/scale² underflowed
+    r = jnp.where(
+        exact,
+        lax.rsqrt(jnp.maximum(arg, info.tiny)),  # finite on both sides of the where
+        jnp.minimum(scale * lax.rsqrt(eps_), info.max),  # its bound; above 1e36, the largest
+    )
+    xhat = (x / scale - stats.mean_scaled) * r
+    return gamma * xhat + beta, xhat, r / scale
 
 
 def update_running(
