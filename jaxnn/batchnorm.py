@@ -215,9 +215,8 @@ def normalize(
     with ``s = 1/√(var + eps)``.
 
     In the scaled statistics' units, ``x̂ = (x/scale - mean_scaled) · r`` with
-    ``r = scale · s = 1/√(var_scaled + eps/scale²)``, exact unless the sum underflows (a
-    variance of 0 and ``scale > 2.7e20`` in float32), where ``r = scale/√eps`` (its value at
-    variance 0; above ``scale = 1e36`` the largest float). With ``scale = 1`` this is the
+    ``r = scale · s = 1/√(var_scaled + eps/scale²)``; at a variance of 0, ``r = scale/√eps``
+    directly (``eps/scale²`` may underflow; above ``scale = 1e36`` the largest float). With ``scale = 1`` this is the
     textbook formula, rounding included. ``r`` is one number per feature, so ``jax.grad`` through it costs what the
     textbook formula costs.
     """
@@ -225,12 +224,16 @@ def normalize(
     scale = stats.scale
     eps_ = jnp.asarray(eps, dtype)
     info = jnp.finfo(dtype)
-    arg = stats.var_scaled + eps_ / (scale * scale)
-    exact = arg >= info.tiny  # else the variance is 0 and eps/scale² underflowed
+    var_s = stats.var_scaled
+    # A variance of 0 (a constant feature, or var below the smallest normal at scale 1) takes
+    # r = scale/√eps directly: eps/scale² may underflow, and rsqrt's derivative at a tiny
+    # argument overflows (0 · inf in jax.grad). A positive var_scaled is at least about
+    # (2^-23)²/n (the data's granularity at that scale), where nothing overflows.
+    positive = var_s > 0
     r = jnp.where(
-        exact,
-        lax.rsqrt(jnp.maximum(arg, info.tiny)),  # finite on both sides of the where
-        jnp.minimum(scale * lax.rsqrt(eps_), info.max),  # its bound; above 1e36, the largest
+        positive,
+        lax.rsqrt(jnp.where(positive, var_s, 1) + eps_ / (scale * scale)),
+        jnp.minimum(scale * lax.rsqrt(eps_), info.max),  # above scale = 1e36, the largest
     )
     xhat = (x / scale - stats.mean_scaled) * r
     return gamma * xhat + beta, xhat, r / scale

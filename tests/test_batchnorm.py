@@ -328,7 +328,8 @@ EXTREME = {
     "1e30": _U * 1e30,
     "1e-30": _U * 1e-30,
     "mixed": _U * np.array([1e30, 1.0, 1e-30]),
-    "constant": np.full((16, 3), 1e30),
+    "constant": np.full((16, 3), 1e30),  # its mean rounds: a "variance" of rounding
+    "constant-exact": np.full((16, 3), 2.0**100),  # 16 * 2^100 sums exactly: variance 0
     "float32-max": np.tile([[3.4e38], [-3.4e38]], (8, 3)),
 }
 
@@ -371,6 +372,8 @@ def test_float32_statistics_stay_finite_for_any_finite_spread(name):
         h, a = np.asarray(h, np.float64), np.asarray(a, np.float64)
         if name != "constant":
             assert np.max(np.abs(h - a)) <= 64 * eps32 * max(np.max(np.abs(a)), 1e-300), name
+    if name == "constant-exact":  # x̂ = 0 exactly, y = beta
+        np.testing.assert_array_equal(np.asarray(y), 0.0)
     # Whatever the input, Σ x̂² = n Var/(Var + eps) <= n over each feature: |x̂| <= √n.
     assert np.all(np.abs(np.asarray(y, np.float64)) <= np.sqrt(16) * (1 + 16 * eps32)), name
 
