@@ -138,11 +138,12 @@ class Statistics(NamedTuple):
 
     ``mean = scale · mean_scaled`` and ``var = scale² · var_scaled``, with ``scale >= 1`` a
     power of two near ``max |x|`` (so dividing by it is exact for normal numbers) and
-    ``|mean_scaled| <= 4``, ``var_scaled <= 16``: a float32 feature of any finite spread has finite
-    statistics, though its variance may exceed float32's range (above ``1.8e19²``).
+    ``|mean_scaled| <= 4``, ``var_scaled <= 16``: a float32 feature of any finite spread has
+    finite statistics, though its variance may exceed float32's range (above ``1.8e19²``).
+    The running statistics of eval mode travel as ``Statistics(None, 1, mean, var)``.
     """
 
-    count: Array  # [] elements per feature (a masked count, psum-ed with axis_name)
+    count: Array | None  # [] elements per feature (masked, psum-ed); None: running stats
     scale: Array  # [*bshape] power of two, constant (no gradient)
     mean_scaled: Array  # [*bshape]
     var_scaled: Array  # [*bshape] biased
@@ -175,12 +176,12 @@ def batch_statistics(
 ) -> Statistics:
     """Count, mean and biased variance over the ``reduce`` axes (kept as size-1 axes).
 
-    Two passes on ``x / scale``: ``mean = Σ x / n``, then ``var = Σ (x - mean)² / n``, never ``E[x²] - E[x]²`` (which can go negative). The scale
-    (:class:`Statistics`) keeps every intermediate finite: float32 ``(x - mean)²`` overflows
-    once the spread passes ``1.8e19``. With ``mask`` (broadcast against ``x``), only the
-    selected elements count. With ``axis_name``, counts and sums are ``psum``-ed (the scale
-    ``pmax``-ed) over the mapped axis, so the statistics are those of the global batch, each
-    device weighted by its count. A count of 0 (an all-false mask) is taken as 1 to stay
+    Two passes on ``x / scale``: ``mean = Σ x / n``, then ``var = Σ (x - mean)² / n``, never
+    ``E[x²] - E[x]²`` (which can go negative). The scale (:class:`Statistics`) keeps every
+    intermediate finite: float32 ``(x - mean)²`` overflows once the spread passes ``1.8e19``.
+    With ``mask`` (broadcast against ``x``), only the selected elements count. With
+    ``axis_name``, counts and sums are ``psum``-ed (the scale ``pmax``-ed) over the mapped
+    axis, so the statistics are those of the global batch, each device weighted by its count. A count of 0 (an all-false mask) is taken as 1 to stay
     finite; the statistics then say nothing.
     """
     selected = None if mask is None else jnp.broadcast_to(mask, x.shape)
@@ -216,9 +217,9 @@ def normalize(
 
     In the scaled statistics' units, ``x̂ = (x/scale - mean_scaled) · r`` with
     ``r = scale · s = 1/√(var_scaled + eps/scale²)``; at a variance of 0, ``r = scale/√eps``
-    directly (``eps/scale²`` may underflow; above ``scale = 1e36`` the largest float). With ``scale = 1`` this is the
-    textbook formula, rounding included. ``r`` is one number per feature, so ``jax.grad`` through it costs what the
-    textbook formula costs.
+    directly (``eps/scale²`` may underflow; above ``scale = 1e36`` the largest float). With
+    ``scale = 1`` this is the textbook formula, rounding included. ``r`` is one number per
+    feature, so ``jax.grad`` through it costs what the textbook formula costs.
     """
     dtype = x.dtype
     scale = stats.scale
