@@ -33,7 +33,7 @@ def main() -> None:
     xs = jax.random.normal(jax.random.key(1), (args.steps, args.batch, 784), jnp.float32)
     ys = jax.random.randint(jax.random.key(2), (args.steps, args.batch), 0, 10)
     opt = sgd(0.1)
-    ts0 = TrainState(params, state, opt.init(params))
+    ts0 = TrainState.create(net, opt, jax.random.key(0), params=params, state=state)
     loss = "softmax_cross_entropy_with_integer_labels"
 
     def runner(mode):

@@ -35,7 +35,7 @@ def main() -> None:
         t = jnp.asarray([example.NETWORK["targets"]], jnp.float64)
         params, state = net.init(jax.random.key(0), x.shape)
         opt = sgd(example.NETWORK["learning_rate"], trainable=example.weights_only)
-        ts0 = TrainState(params, state, opt.init(params))
+        ts0 = TrainState.create(net, opt, jax.random.key(0), params=params, state=state)
         steps = {
             mode: make_train_step(net, "squared_error", opt, grad=mode)
             for mode in ("autodiff", "manual")

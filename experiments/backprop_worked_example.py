@@ -202,9 +202,9 @@ def run() -> dict[str, Any]:
 
         optimizer = sgd(eta, trainable=weights_only)
         step = make_train_step(net, "squared_error", optimizer, grad="manual")
-        ts0 = TrainState(params, state, optimizer.init(params))
-        ts1, _ = step(ts0, x, targets)
-        ts_n, logged = fit_full_batch(step, ts0, x, targets, NUM_STEPS)
+        ts0 = TrainState.create(net, optimizer, jax.random.key(0), params=params, state=state)
+        ts_n, logged = fit_full_batch(step, ts0, x, targets, NUM_STEPS)  # ts0 is kept
+        ts1, _ = step(ts0, x, targets)  # ts0 is donated
 
         seq = _sequential_step(parts, eta)
         seq_1, _ = jax.jit(seq)(params, x, targets)

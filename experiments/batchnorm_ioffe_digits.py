@@ -247,7 +247,9 @@ def _train(nets, data, idx, learning_rate: float, eval_every: int) -> dict[str, 
     for name, network in nets.items():
         optimizer, train_steps = _trainer(network.net, learning_rate)
         evaluate = _evaluator(network, data)
-        ts = TrainState(network.params, network.state, optimizer.init(network.params))
+        ts = TrainState.create(
+            network.net, optimizer, jax.random.key(0), params=network.params, state=network.state
+        )
         rec: dict[str, Any] = {"step": [], "train_loss": []}
         start = time.perf_counter()
         train_loss = None

@@ -10,10 +10,12 @@ from jaxnn import backprop as backprop
 from jaxnn import batchnorm as batchnorm
 from jaxnn import checking as checking
 from jaxnn import combinators as combinators
+from jaxnn import data as data
 from jaxnn import gradcheck as gradcheck
 from jaxnn import initializers as initializers
 from jaxnn import layers as layers
 from jaxnn import losses as losses
+from jaxnn import metrics as metrics
 from jaxnn import regularization as regularization
 from jaxnn import train as train
 from jaxnn._typing import Layer as Layer

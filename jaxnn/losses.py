@@ -50,6 +50,7 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "binary_cross_entropy_with_logits_grad",
     "get",
+    "masked",
     "mean_squared_error",
     "mean_squared_error_grad",
     "softmax_cross_entropy",
@@ -297,6 +298,55 @@ LOSSES: dict[str, Loss] = {
         ),
     )
 }
+
+
+def masked(loss: str | Loss) -> Loss:
+    """The loss over the examples a mask selects; its targets are ``(targets, mask)``.
+
+    With per-example losses ``ℓ_i`` (the loss of example ``i`` alone, ``i`` along the first
+    axis) and ``mask [batch]`` (bool), the loss keeps its reduction::
+
+        mean losses:    L = Σ_i m_i ℓ_i / Σ_i m_i        ∂L/∂y_i = m_i ∂ℓ_i/∂y_i / Σ_i m_i
+        squared_error:  E = Σ_i m_i ℓ_i                  ∂E/∂y_i = m_i ∂ℓ_i/∂y_i
+
+    so that a batch padded to a fixed size and masked gives the loss of its real examples
+    (:func:`jaxnn.train.fit` with ``remainder="pad"``). Masked-out examples contribute exactly
+    0 to the value and the gradient, whatever their values. The gradient is the base loss's
+    hand-derived gradient, example by example.
+    """
+    base = get(loss)
+    total = base.name == "squared_error"  # the only loss that sums over the batch
+
+    def weights(predictions: Array, targets: tuple[Array, Array]) -> tuple[Array, Array, Array]:
+        if not (isinstance(targets, tuple) and len(targets) == 2):
+            raise TypeError(
+                f"masked {base.name}: targets must be a pair (targets, mask), got "
+                f"{type(targets).__name__}."
+            )
+        t, mask = targets
+        y = jnp.asarray(predictions)
+        mask = jnp.asarray(mask)
+        ensure_min_rank(y, 1, "predictions", "[batch, ...]")
+        if mask.dtype != jnp.bool_ or mask.shape != y.shape[:1]:
+            raise ValueError(
+                f"masked {base.name}: mask must be bool of shape [batch] = {y.shape[:1]}, got "
+                f"{mask.dtype} {mask.shape}."
+            )
+        m = mask.astype(y.dtype)
+        return y, jnp.asarray(t), (m if total else m / jnp.sum(m))
+
+    def fn(predictions: ArrayLike, targets: tuple[Array, Array]) -> Array:
+        y, t, w = weights(predictions, targets)
+        per_example = jax.vmap(lambda yi, ti: base.fn(yi[None], ti[None]))(y, t)
+        return jnp.sum(jnp.where(w > 0, w * per_example, 0))
+
+    def grad(predictions: ArrayLike, targets: tuple[Array, Array]) -> Array:
+        y, t, w = weights(predictions, targets)
+        g = jax.vmap(lambda yi, ti: base.grad(yi[None], ti[None])[0])(y, t)
+        w = w.reshape(w.shape + (1,) * (y.ndim - 1))
+        return jnp.where(w > 0, w * g, 0)
+
+    return Loss(base.name, fn, grad)
 
 
 def get(loss: str | Loss) -> Loss:

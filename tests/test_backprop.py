@@ -126,7 +126,7 @@ def test_frozen_leaves_are_not_updated_and_scan_equals_loop():
     t = jax.random.uniform(jax.random.key(2), (4, 2))
     opt = sgd(0.5, trainable=lambda path, _: path[-1].key == "w")
     step = make_train_step(net, "squared_error", opt, grad="manual")
-    ts = TrainState(params, state, opt.init(params))
+    ts = TrainState.create(net, opt, jax.random.key(0), params=params, state=state)
     final, losses_scan = fit_full_batch(step, ts, x, t, 20)
     for name in ["dense_0", "dense_2"]:
         np.testing.assert_array_equal(final.params[name]["b"], params[name]["b"])
@@ -150,7 +150,11 @@ def test_manual_and_autodiff_training_give_the_same_trajectory():
     for mode in ["autodiff", "manual"]:
         step = make_train_step(net, loss, opt, grad=mode)
         runs[mode] = fit_full_batch(
-            step, TrainState(params, state, opt.init(params)), x, labels, 50
+            step,
+            TrainState.create(net, opt, jax.random.key(0), params=params, state=state),
+            x,
+            labels,
+            50,
         )
     # Each step's gradients agree to the checked 1e-10 relative; Adam's step m/sqrt(v) is
     # scale-free, so a relative gradient error moves each parameter by at most ~lr * 1e-10 per
@@ -166,7 +170,11 @@ def test_num_steps_must_be_positive():
     step = make_train_step(net, "squared_error", opt)
     with pytest.raises(ValueError, match="num_steps must be a positive int"):
         fit_full_batch(
-            step, TrainState(params, state, opt.init(params)), jnp.ones((1, 1)), jnp.ones((1, 1)), 0
+            step,
+            TrainState.create(net, opt, jax.random.key(0), params=params, state=state),
+            jnp.ones((1, 1)),
+            jnp.ones((1, 1)),
+            0,
         )
 
 
@@ -177,14 +185,20 @@ def test_keys_flow_through_the_scan_one_per_step():
     labels = jax.random.randint(jax.random.key(2), (16,), 0, 3)
     opt = optax.sgd(0.1)
     loss = "softmax_cross_entropy_with_integer_labels"
-    ts = TrainState(params, state, opt.init(params))
+    ts = TrainState.create(net, opt, jax.random.key(0), params=params, state=state)
     key = jax.random.key(3)
     runs = {}
     for mode in ["autodiff", "manual"]:
         step = make_train_step(net, loss, opt, grad=mode)
         runs[mode] = fit_full_batch(step, ts, x, labels, 10, key=key)
-        with pytest.raises(ValueError, match="needs a PRNG key"):
-            fit_full_batch(step, ts, x, labels, 10)
+    # Without a key, step k draws its masks from fold_in(fold_in(ts.key, 0), k) (jaxnn.train).
+    derived = fit_full_batch(step, ts, x, labels, 10)
+    loop = ts
+    for k in range(10):
+        k_key = jax.random.fold_in(jax.random.fold_in(ts.key, 0), k)
+        loop, value = make_train_step(net, loss, opt, donate=False)(loop, x, labels, k_key)
+        assert float(value) == pytest.approx(float(derived[1][k]), rel=1e-12)
+    assert int(derived[0].step) == 10
     # The scan uses jax.random.split(key, num_steps), step k the k-th key: a loop agrees.
     step = make_train_step(net, loss, opt, grad="manual")
     loop = ts

@@ -633,8 +633,10 @@ def test_checking_mode_passes_valid_values_through_unchanged():
 
 def _train_setup(optimizer):
     net, params, state = _mlp()
-    step = train.make_train_step(net, "mean_squared_error", optimizer)
-    return step, train.TrainState(params, state, optimizer.init(params))
+    step = train.make_train_step(net, "mean_squared_error", optimizer, donate=False)
+    return step, train.TrainState.create(
+        net, optimizer, jax.random.key(0), params=params, state=state
+    )
 
 
 def test_nan_optax_rate_makes_nan_parameters_and_the_checking_mode_says_why():
@@ -654,7 +656,11 @@ def test_a_traced_sgd_rate_is_checked_in_the_checking_mode(rate):
     def run(lr, params, state):
         opt = train.sgd(lr)  # lr is a tracer here: it cannot be refused eagerly
         step = train.make_train_step(net, "mean_squared_error", opt)
-        ts, loss = step(train.TrainState(params, state, opt.init(params)), X, jnp.zeros((4, 3)))
+        ts, loss = step(
+            train.TrainState.create(net, opt, jax.random.key(0), params=params, state=state),
+            X,
+            jnp.zeros((4, 3)),
+        )
         return ts.params, loss
 
     new_params, _ = jax.jit(run)(rate, params, state)  # applied as given

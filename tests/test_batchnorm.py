@@ -192,7 +192,11 @@ def test_state_threads_through_mlp_and_train_step_and_optimizer_never_sees_it():
     for mode in ["autodiff", "manual"]:
         step = make_train_step(net, "softmax_cross_entropy_with_integer_labels", opt, grad=mode)
         runs[mode] = fit_full_batch(
-            step, TrainState(params, state, opt.init(params)), x, labels, 30
+            step,
+            TrainState.create(net, opt, jax.random.key(0), params=params, state=state),
+            x,
+            labels,
+            30,
         )
     final = runs["manual"][0]
     assert int(final.state["batchnorm_1"].count) == 30

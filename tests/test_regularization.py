@@ -114,7 +114,7 @@ def test_penalty_on_every_gradient_path():
 def _train(optimizer, penalty, grad, steps=25):
     net, params, state, x, labels = _network()
     step = make_train_step(net, LOSS, optimizer, grad=grad, penalty=penalty)
-    ts = TrainState(params, state, optimizer.init(params))
+    ts = TrainState.create(net, optimizer, jax.random.key(0), params=params, state=state)
     return fit_full_batch(step, ts, x, labels, steps)[0].params
 
 
@@ -158,5 +158,11 @@ def test_sgd_trains_with_a_penalty_and_a_schedule():
     net, params, state, x, labels = _network()
     opt = sgd(schedule)
     step = make_train_step(net, LOSS, opt, penalty=l2(1e-3))
-    _, losses = fit_full_batch(step, TrainState(params, state, opt.init(params)), x, labels, 30)
+    _, losses = fit_full_batch(
+        step,
+        TrainState.create(net, opt, jax.random.key(0), params=params, state=state),
+        x,
+        labels,
+        30,
+    )
     assert float(losses[-1]) < float(losses[0])
