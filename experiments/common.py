@@ -26,10 +26,19 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-__all__ = ["figure", "progress", "publish", "script", "silence_progress", "table"]
+__all__ = [
+    "claim",
+    "figure",
+    "progress",
+    "publish",
+    "script",
+    "silence_progress",
+    "table",
+]
 
 DPI = 110
 _IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*")
@@ -90,6 +99,31 @@ def _check_keys(tree: Any, where: str = "result") -> None:
     elif isinstance(tree, list | tuple):
         for i, value in enumerate(tree):
             _check_keys(value, f"{where}[{i}]")
+
+
+def claim(text: str, rule: str, holds: bool, evidence: str, figure: str) -> dict[str, Any]:
+    """One claim of the source text and its computed verdict, for ``report.md``.
+
+    Every experiment's result holds ``"claims": [claim(...), ...]``; ``jaxnn reproduce``
+    writes them, in order, into ``report.md``.
+
+    Args:
+      text: the claim, in the source text's words where it has them.
+      rule: the rule that decides it, fixed before the run (the same words as in the
+        experiment's ``RULES``).
+      holds: the verdict the rule gives on this run's numbers (computed, never typed in).
+      evidence: the numbers the rule was applied to, in one sentence.
+      figure: the file (``<name>.png``) and panel that show it.
+    """
+    if not isinstance(holds, bool | np.bool_):
+        raise TypeError(f"claim: holds must be a bool computed by the rule, got {holds!r}.")
+    return {
+        "claim": text,
+        "rule": rule,
+        "holds": bool(holds),
+        "evidence": evidence,
+        "figure": figure,
+    }
 
 
 def figure(figsize: tuple[float, float]) -> Figure:
