@@ -9,6 +9,7 @@ from jaxnn import activations as activations
 from jaxnn import backprop as backprop
 from jaxnn import batchnorm as batchnorm
 from jaxnn import checking as checking
+from jaxnn import checkpoint as checkpoint
 from jaxnn import combinators as combinators
 from jaxnn import data as data
 from jaxnn import gradcheck as gradcheck
@@ -17,6 +18,7 @@ from jaxnn import layers as layers
 from jaxnn import losses as losses
 from jaxnn import metrics as metrics
 from jaxnn import regularization as regularization
+from jaxnn import run as run
 from jaxnn import train as train
 from jaxnn._typing import Layer as Layer
 from jaxnn._typing import bind_backward as bind_backward

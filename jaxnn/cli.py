@@ -1,9 +1,11 @@
 """The ``jaxnn`` command.
 
-* ``jaxnn reproduce [--out DIR] [--quiet]`` — runs every experiment of the
-  ``jaxnn_experiments`` package (the repository's ``experiments/`` folder); each writes JSON,
-  and figures where it has them, into ``DIR`` (default ``results/``). ``DIR`` is checked
-  before anything runs: it must be a folder that can be created and written.
+* ``jaxnn reproduce [--only NAME[,NAME]] [--quick] [--out DIR] [--quiet]`` — runs every
+  experiment of the ``jaxnn_experiments`` package (the repository's ``experiments/`` folder);
+  each writes JSON, and figures where it has them, into ``DIR`` (default ``results/``), and
+  ``DIR/report.md`` gathers each claim of the source text with its rule, figure, numbers and
+  computed verdict. ``--quick`` runs every experiment scaled down. ``DIR`` is checked before
+  anything runs: it must be a folder that can be created and written.
 * ``jaxnn gradcheck [--seeds N] [--import MODULE ...] [--only PREFIX] [--quiet]`` — audits
   every registered hand-derived gradient against ``jax.grad`` and finite differences at random
   shapes and seeds (the list in :mod:`jaxnn.audit`) and prints a table and a summary line
@@ -11,13 +13,19 @@
   folder too) that registers its own cases with :func:`jaxnn.gradcheck.register`. A case that
   fails to build or raises while being checked is an ERROR row; the audit goes on through
   every other case.
+* ``jaxnn train [--data NAME] [--hidden 128,64] [--activation relu] [--batchnorm] [--dropout
+  P] [--optimizer adam] [--lr 1e-3] [--epochs 20] [--grad manual] [--checkpoint DIR]
+  [--resume] [--seed N] [--out DIR]`` — trains an MLP (:mod:`jaxnn.run`): a progress bar over
+  the epochs, one line of metrics per epoch, the final test accuracy; ``metrics.json`` and
+  ``learning_curve.png`` in ``DIR`` (default ``runs/``).
 * ``jaxnn --version`` — the installed version.
 
 Exit status, argparse's convention:
 
 * 0 — success: every check passed, every experiment ran.
 * 1 — a gradient mismatch (``gradcheck``), an experiment that raised (``reproduce``).
-* 2 — a usage error: bad arguments, an ``--import`` module that cannot be found or raises
+* 2 — a usage error: bad arguments (for ``train`` also data files that are missing or
+  corrupt, and a ``--resume`` from another run's checkpoint), an ``--import`` module that cannot be found or raises
   while importing, an ``--only`` that matches no case, an ``--out`` that is not a writable
   folder, the experiments not installed; and audit cases that fail to build or raise while
   being checked. When an audit has both mismatches and errors, 2 wins: the audit is
@@ -155,6 +163,14 @@ def _check_out(out: str) -> str | None:
     return None
 
 
+def _only(text: str) -> tuple[str, ...]:
+    """argparse type of ``--only``: experiment names separated by commas."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected experiment names, got {text!r}")
+    return names
+
+
 def reproduce(args: argparse.Namespace) -> int:
     problem = _check_out(args.out)
     if problem:
@@ -163,17 +179,33 @@ def reproduce(args: argparse.Namespace) -> int:
     try:
         package = import_experiments()
         common = importlib.import_module(f"{EXPERIMENTS_PACKAGE}.common")
-        modules = {
-            name: importlib.import_module(f"{EXPERIMENTS_PACKAGE}.{name}")
-            for name in package.EXPERIMENTS
-        }
     except ImportError as e:  # the experiments need matplotlib and scikit-learn
         print(
             f"jaxnn reproduce: cannot import the experiments ({e}). {_INSTALL_EXPERIMENTS}",
             file=sys.stderr,
         )
         return 2
-    failed = []
+    names = tuple(package.EXPERIMENTS)
+    if args.only:
+        unknown = [n for n in args.only if n not in names]
+        if unknown:
+            print(
+                f"jaxnn reproduce: --only expects experiment names from {', '.join(names)}; "
+                f"got {', '.join(unknown)}.",
+                file=sys.stderr,
+            )
+            return 2
+        names = tuple(n for n in names if n in args.only)
+    try:
+        modules = {name: importlib.import_module(f"{EXPERIMENTS_PACKAGE}.{name}") for name in names}
+    except ImportError as e:
+        print(
+            f"jaxnn reproduce: cannot import the experiments ({e}). {_INSTALL_EXPERIMENTS}",
+            file=sys.stderr,
+        )
+        return 2
+    failed: dict[str, str] = {}
+    results: dict[str, Any] = {}
     bar = tqdm(
         modules.items(),
         desc="reproduce",
@@ -187,12 +219,15 @@ def reproduce(args: argparse.Namespace) -> int:
             tqdm.write(f"== {name}", file=sys.stdout)
             start = time.perf_counter()
             try:
-                module.main(args.out)
+                results[name] = module.main(args.out, quick=args.quick)
             except Exception as e:  # report every experiment, then fail
-                failed.append(name)
+                failed[name] = f"{type(e).__name__}: {e}"
                 trace = "".join(traceback.format_exception(e)).rstrip()
                 tqdm.write(f"!! {name} failed: {type(e).__name__}: {e}\n{trace}", file=sys.stderr)
             tqdm.write(f"== {name}: {time.perf_counter() - start:.1f} s\n", file=sys.stdout)
+    report = Path(args.out) / "report.md"
+    report.write_text(_report(names, results, failed, args.quick))
+    print(f"wrote {report}")
     if failed:
         print(
             f"jaxnn reproduce: {len(failed)} experiment(s) failed: {', '.join(failed)} (exit 1; "
@@ -201,6 +236,49 @@ def reproduce(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _report(
+    names: Sequence[str], results: dict[str, Any], failed: dict[str, str], quick: bool
+) -> str:
+    """``report.md``: each claim of the source text, its rule, its figure, its verdict."""
+    lines = [
+        "# jaxnn reproduce: the source text's claims, tested",
+        "",
+        "Each verdict is computed by the experiment from its own run, by a rule fixed before "
+        "the run (the rules are also in each experiment's JSON).",
+    ]
+    if quick:
+        lines += ["", "**Quick mode** (`--quick`): every experiment scaled down; the verdicts "
+                  "below are of the small runs and may differ from the full ones."]  # fmt: skip
+    rows, sections = [], []
+    for name in names:
+        sections += ["", f"## {name}", ""]
+        if name in failed:
+            sections.append(f"**Failed**: {failed[name]}")
+            rows.append(f"| {name} | – | **failed** | |")
+            continue
+        claims = (results.get(name) or {}).get("claims")
+        if not isinstance(claims, list) or not claims:
+            sections.append("No claims recorded.")
+            continue
+        for c in claims:
+            verdict = "holds" if c["holds"] else "does not hold"
+            rows.append(f"| {name} | {c['claim']} | **{verdict}** | {c['figure']} |")
+            sections += [
+                f"**Claim.** {c['claim']}",
+                "",
+                f"**Rule.** {c['rule']}",
+                "",
+                f"**Verdict: {verdict}.** {c['evidence']}.",
+                "",
+                f"**Figure.** {c['figure']}",
+                "",
+            ]
+        if any(".png" in c["figure"] for c in claims):
+            sections.append(f"![{name}]({name}.png)")
+    table = ["", "| experiment | claim | verdict | figure |", "|---|---|---|---|", *rows]
+    return "\n".join(lines + table + sections) + "\n"
 
 
 # ----------------------------------------------------------------------------- gradcheck
@@ -379,6 +457,149 @@ def gradcheck(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- train
+
+
+def _number(kind: type, low: float, high: float | None = None, *, open_low: bool = False):
+    """An argparse type: a number of ``kind`` in ``[low, high)`` (``(low, ...`` if open)."""
+
+    def parse(text: str) -> Any:
+        what = f"{'a whole number' if kind is int else 'a number'} "
+        what += f"{'>' if open_low else '>='} {low:g}" + (f" and < {high:g}" if high else "")
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        ok = (value > low if open_low else value >= low) and (high is None or value < high)
+        if not ok or value != value:  # value != value: NaN
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected layer sizes separated by commas, e.g. 128,64, got {text!r}"
+        )
+    return sizes
+
+
+def _train_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
+    from jaxnn.activations import ACTIVATIONS
+    from jaxnn.data import DATASETS
+    from jaxnn.run import OPTIMIZERS, RunConfig
+
+    d = RunConfig()
+    p = sub.add_parser("train", parents=[quiet], help="train an MLP on a data set")
+    a = p.add_argument
+    a("--data", choices=DATASETS, default=d.data, help=f"data set (default: {d.data})")
+    a(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="folder of MNIST-format files (IDX, optionally .gz, or .npz) for mnist/fashion_mnist",
+    )
+    a(
+        "--hidden",
+        type=_hidden,
+        default=d.hidden,
+        metavar="N,N",
+        help="hidden layer sizes (default: 128,64)",
+    )
+    a(
+        "--activation",
+        choices=sorted(ACTIVATIONS),
+        default=d.activation,
+        metavar="NAME",
+        help=f"hidden activation, one of {', '.join(sorted(ACTIVATIONS))} (default: relu)",
+    )
+    a(
+        "--batchnorm",
+        action=argparse.BooleanOptionalAction,
+        default=d.batchnorm,
+        help="BatchNorm in each hidden layer (default: on)",
+    )
+    a(
+        "--dropout",
+        type=_number(float, 0, 1),
+        default=d.dropout,
+        metavar="P",
+        help="dropout rate after each hidden activation, in [0, 1) (default: 0)",
+    )
+    a("--optimizer", choices=sorted(OPTIMIZERS), default=d.optimizer, help="default: adam")
+    a(
+        "--lr",
+        type=_number(float, 0, open_low=True),
+        default=d.lr,
+        help="learning rate (default: 1e-3)",
+    )
+    a(
+        "--l2",
+        type=_number(float, 0),
+        default=d.l2,
+        metavar="SCALE",
+        help="L2 penalty (scale/2)·Σw² on the kernels (default: 0)",
+    )
+    a("--epochs", type=_number(int, 1), default=d.epochs, help="default: 20")
+    a("--batch-size", type=_number(int, 1), default=d.batch_size, help="default: 32")
+    a(
+        "--grad",
+        choices=("autodiff", "manual"),
+        default=d.grad,
+        help="gradient path: jax.grad, or the hand-derived rules (default: autodiff)",
+    )
+    a("--seed", type=_number(int, 0), default=d.seed, help="default: 0")
+    a(
+        "--checkpoint",
+        default=None,
+        metavar="DIR",
+        help="save a checkpoint after every epoch in DIR (the last 3 kept)",
+    )
+    a(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in --checkpoint DIR",
+    )
+    a("--out", default="runs", help="folder for metrics.json and learning_curve.png "
+      "(default: runs)")  # fmt: skip
+    p.set_defaults(run=train)
+
+
+def train(args: argparse.Namespace) -> int:
+    from jaxnn import run as _run
+
+    if args.resume and args.checkpoint is None:
+        print("jaxnn train: --resume needs --checkpoint DIR (the folder to resume from).",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    problem = _check_out(args.out)
+    if problem:
+        print(f"jaxnn train: {problem}", file=sys.stderr)
+        return 2
+    config = _run.RunConfig(
+        data=args.data, data_dir=args.data_dir, hidden=tuple(args.hidden),
+        activation=args.activation, batchnorm=args.batchnorm, dropout=args.dropout,
+        optimizer=args.optimizer, lr=args.lr, l2=args.l2, epochs=args.epochs,
+        batch_size=args.batch_size, grad=args.grad, seed=args.seed,
+    )  # fmt: skip
+    try:
+        _run.run(
+            config, out=args.out, checkpoint_dir=args.checkpoint, resume=args.resume,
+            progress=False if args.quiet else None,
+            log=lambda line: tqdm.write(line, file=sys.stdout),
+        )  # fmt: skip
+    except (ValueError, OSError, ImportError) as e:  # bad data, files, options: usage errors
+        print(f"jaxnn train: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 # ----------------------------------------------------------------------------- the parser
 
 
@@ -396,11 +617,17 @@ def _parser() -> argparse.ArgumentParser:
         "-q", "--quiet", action="store_true",
         help="no progress on stderr (progress shows only when stderr is a terminal)",
     )  # fmt: skip
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{reproduce,gradcheck}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{reproduce,gradcheck,train}"
+    )
     p = sub.add_parser(
         "reproduce", parents=[quiet], help="run every experiment and write its results"
     )
     p.add_argument("--out", default="results", help="output folder (default: results)")
+    p.add_argument("--only", type=_only, default=(), metavar="NAME[,NAME]",
+                   help="run only these experiments")  # fmt: skip
+    p.add_argument("--quick", action="store_true",
+                   help="every experiment scaled down (seconds each; the test suite runs it)")  # fmt: skip
     p.set_defaults(run=reproduce)
     p = sub.add_parser(
         "gradcheck", parents=[quiet], help="audit every registered hand-derived gradient"
@@ -412,6 +639,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import a module that registers its own cases (repeatable)")  # fmt: skip
     p.set_defaults(run=gradcheck)
+    _train_parser(sub, quiet)
     return parser
 
 

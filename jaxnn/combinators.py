@@ -219,6 +219,9 @@ def mlp(
     Each hidden layer is ``dense -> [batchnorm] -> activation -> [dropout]`` (Ioffe &
     Szegedy's placement of BatchNorm, between the affine map and the non-linearity; dropout
     on the hidden activations, as Srivastava et al.); the last is ``dense -> final_activation``.
+    A dense layer followed by BatchNorm has no bias: BatchNorm's mean subtraction cancels it
+    and its ``β`` takes its place (Ioffe & Szegedy, 2015, §3.2), so its gradient would be
+    exactly 0 (PyTorch's and Flax's examples write ``bias=False`` there too).
 
     Args:
       features: units of each dense layer, e.g. ``[100, 100, 10]``.
@@ -226,7 +229,8 @@ def mlp(
         default identity), or a sequence with one activation per dense layer (then
         ``final_activation`` must be left out).
       final_activation: activation after the last dense layer, when ``activation`` is one.
-      use_bias, w_init, b_init, param_dtype: passed to every :func:`~jaxnn.layers.dense`.
+      use_bias, w_init, b_init, param_dtype: passed to every :func:`~jaxnn.layers.dense`
+        (``use_bias`` to those not followed by BatchNorm).
       batchnorm: put a :func:`~jaxnn.batchnorm.batchnorm` in each hidden layer; a dict passes
         its arguments.
       dropout: put a :func:`~jaxnn.layers.dropout` of this rate (the probability of dropping a
@@ -264,9 +268,11 @@ def mlp(
     layers: list[Layer] = []
     for i, (f, a) in enumerate(zip(features, acts, strict=True)):
         hidden = i < len(features) - 1
-        layers.append(
-            dense(f, use_bias=use_bias, w_init=w_init, b_init=b_init, param_dtype=param_dtype)
-        )
+        # Before BatchNorm a bias is cancelled by the mean subtraction (Ioffe & Szegedy, 2015,
+        # §3.2: β takes its role): its exact gradient is 0, and an optimizer that normalises
+        # the step (Adam) would turn that gradient's rounding noise into lr-sized updates.
+        bias = use_bias and not (batchnorm and hidden)
+        layers.append(dense(f, use_bias=bias, w_init=w_init, b_init=b_init, param_dtype=param_dtype))
         if batchnorm and hidden:
             layers.append(_batchnorm(param_dtype=param_dtype, **bn_kwargs))
         layers.append(_activation(a))

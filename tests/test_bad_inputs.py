@@ -759,13 +759,15 @@ class _Terminal(io.StringIO):
 def _fake_experiment(name, calls, fail=False):
     module = types.ModuleType(f"{PKG}.{name}")
 
-    def main(out_dir):
+    def main(out_dir, *, quick=False):
         common = importlib.import_module(f"{PKG}.common")
         for step in common.progress(range(3), f"{name} inner", unit="step"):
             calls.append((name, str(out_dir), step))
+        calls.append((name, "quick", quick))
         if fail:
             raise RuntimeError(f"{name} diverged")
         print(f"{name} report")
+        return {"claims": [common.claim(f"{name} claim", "1 == 1", True, "1 = 1", f"{name}.png")]}
 
     module.main = main
     return module
@@ -811,7 +813,7 @@ REPRODUCE = ["reproduce", "--out", "results"]
 CLI_ROWS = [
     # usage errors: argparse's exit 2
     pytest.param([], False, 2, "err", "arguments are required", id="no-subcommand"),
-    pytest.param(["train"], False, 2, "err", "invalid choice: 'train'", id="unknown-subcommand"),
+    pytest.param(["fly"], False, 2, "err", "invalid choice: 'fly'", id="unknown-subcommand"),
     pytest.param(["gradcheck", "--colour"], False, 2, "err", "unrecognized arguments", id="unknown-option"),
     pytest.param(["gradcheck", "--seeds", "abc"], False, 2, "err", "got 'abc'", id="seeds-abc"),
     pytest.param(["gradcheck", "--seeds", "0"], False, 2, "err", "expected a whole number >= 1", id="seeds-0"),
@@ -847,6 +849,20 @@ CLI_ROWS = [
     pytest.param([*RELU, "--quiet"], True, 0, "no-err", BAR, id="quiet"),
     pytest.param(RELU, False, 0, "no-err", BAR, id="no-progress-off-a-terminal"),
     pytest.param(REPRODUCE, True, 1, "err", "0/2 [", id="reproduce-progress"),
+    pytest.param([*REPRODUCE, "--only", "nope"], False, 2, "err", "--only expects experiment names from fake_ok, fake_fails; got nope", id="reproduce-only-unknown"),
+    pytest.param([*REPRODUCE, "--only", "fake_ok"], False, 0, "out", "fake_ok report", id="reproduce-only"),
+    # train: bad options are one line, exit 2, before any work
+    pytest.param(["train", "--hidden", "12,a"], False, 2, "err", "expected layer sizes separated by commas, e.g. 128,64, got '12,a'", id="train-hidden"),
+    pytest.param(["train", "--lr", "0"], False, 2, "err", "expected a number > 0, got '0'", id="train-lr-zero"),
+    pytest.param(["train", "--lr", "nan"], False, 2, "err", "expected a number > 0, got 'nan'", id="train-lr-nan"),
+    pytest.param(["train", "--dropout", "1"], False, 2, "err", "expected a number >= 0 and < 1, got '1'", id="train-dropout-one"),
+    pytest.param(["train", "--epochs", "0"], False, 2, "err", "expected a whole number >= 1, got '0'", id="train-epochs-zero"),
+    pytest.param(["train", "--data", "cifar"], False, 2, "err", "invalid choice: 'cifar'", id="train-unknown-data"),
+    pytest.param(["train", "--optimizer", "lion"], False, 2, "err", "invalid choice: 'lion'", id="train-unknown-optimizer"),
+    pytest.param(["train", "--resume"], False, 2, "err", "--resume needs --checkpoint DIR", id="train-resume-without-checkpoint"),
+    pytest.param(["train", "--out", "taken.txt"], False, 2, "err", "got 'taken.txt', which is a file", id="train-out-is-a-file"),
+    pytest.param(["train", "--data", "mnist", "--out", "o"], False, 2, "err", "--data-dir", id="train-mnist-without-data-dir"),
+    pytest.param(["train", "--data", "mnist", "--data-dir", "nowhere", "--out", "o"], False, 2, "no-err", "Traceback", id="train-mnist-missing-files"),
     pytest.param(REPRODUCE, True, 1, "err", "fake_ok inner", id="experiment-progress"),
     pytest.param([*REPRODUCE, "-q"], True, 1, "no-err", BAR, id="reproduce-quiet"),
     pytest.param(REPRODUCE, False, 1, "no-err", BAR, id="reproduce-no-progress-off-a-terminal"),
@@ -894,7 +910,10 @@ def test_reproduce_exits_0_when_every_experiment_runs(env, capsys, monkeypatch):
     monkeypatch.setattr(jaxnn_experiments, "EXPERIMENTS", ("fake_ok",))
     code, out, _ = _run(["reproduce", "--out", "new/results"], capsys, monkeypatch)
     assert code == 0
-    assert env.calls == [("fake_ok", "new/results", step) for step in range(3)]
+    assert env.calls == [
+        *(("fake_ok", "new/results", step) for step in range(3)),
+        ("fake_ok", "quick", False),
+    ]
     assert out.startswith("== fake_ok\nfake_ok report\n")
     assert (env.path / "new" / "results").is_dir()
 

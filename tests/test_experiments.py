@@ -202,7 +202,11 @@ def fig1(tmp_path_factory):
 
 
 def test_ioffe_fields(fig1):
-    assert {"setup", "rules", "runs", "claims", "learning_rate_sweep"} <= set(fig1)
+    assert {"setup", "rules", "runs", "decisions", "claims", "learning_rate_sweep"} <= set(fig1)
+    assert [c["holds"] for c in fig1["claims"]] == [
+        fig1["decisions"]["claim_1"]["holds"],
+        fig1["decisions"]["claim_2"]["holds"],
+    ]
     assert fig1["labels"] == ioffe.LABELS
     assert fig1["setup"]["split"] == {
         "train": 1347,
@@ -279,7 +283,7 @@ def _movement_over_spread(percentiles):
 
 def test_ioffe_verdicts_follow_from_the_numbers(fig1):
     runs = fig1["runs"]
-    c1, c2 = fig1["claims"]["claim_1"], fig1["claims"]["claim_2"]
+    c1, c2 = fig1["decisions"]["claim_1"], fig1["decisions"]["claim_2"]
     assert isinstance(c1["holds"], bool) and isinstance(c2["holds"], bool)
     s_plain, s_bn, holds = _claim1(
         runs["plain"]["test_accuracy"],
