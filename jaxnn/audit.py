@@ -157,6 +157,28 @@ def _loss(loss: _losses.Loss) -> MakeCase:
     return make
 
 
+def _masked_loss(loss: _losses.Loss) -> MakeCase:
+    """The loss over the examples a random mask selects (at least one, some left out)."""
+    masked = _losses.masked(loss)
+
+    def make(key: PRNGKey) -> gradcheck.GradCase:
+        k_shape, k_p, k_t, k_m = jax.random.split(key, 4)
+        shape = tuple(_dims(k_shape, 2, 2, 6))
+        predictions = jnp.asarray(2.0 * _host_rng(k_p).standard_normal(shape))
+        targets = random_targets(loss.name, k_t, shape)
+        mask = _host_rng(k_m).permutation(shape[0]) < max(1, shape[0] // 2)
+        pair = (targets, jnp.asarray(mask))
+        return gradcheck.GradCase(
+            lambda y: masked.fn(y, pair),
+            (predictions,),
+            jax.jit(lambda y: masked.grad(y, pair)),
+            0,
+            f"predictions{shape}, {int(mask.sum())} of {shape[0]} examples",
+        )
+
+    return make
+
+
 # ----------------------------------------------------------------------------- layers
 
 
@@ -316,6 +338,7 @@ def _network(mode: str) -> MakeCase:
 CASES: dict[str, MakeCase] = {
     **{f"activations.{name}": _activation(act) for name, act in ACTIVATIONS.items()},
     **{f"losses.{name}": _loss(loss) for name, loss in _losses.LOSSES.items()},
+    **{f"losses.masked.{name}": _masked_loss(loss) for name, loss in _losses.LOSSES.items()},
     "layers.dense": _dense,
     "layers.activation": _activation_layer,
     "layers.dropout": _dropout,
