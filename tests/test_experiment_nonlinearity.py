@@ -1,0 +1,201 @@
+"""The nonlinearity experiment: the collapse of stacked linear layers, and the three verdicts.
+
+The experiment runs once, in its quick mode. Its verdicts are recomputed from the recorded
+numbers; its saved networks are collapsed again here in numpy float64; and the collapse is
+checked on random identity stacks built here, against numpy float64. Every tolerance is
+Higham's rounding-error bound (``jaxnn_experiments.nonlinearity``'s docstring): a product
+chain whose inner lengths add up to ``k`` is within ``γ_k |A_1| ··· |A_L|`` of the exact
+product in a dtype of unit roundoff ``u``, ``γ_k = k u / (1 - k u)``; a float64 reference
+adds its own ``γ_k(2^-53)``.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jaxnn_experiments.nonlinearity as nl
+from jaxnn import mlp
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+U32, U64 = 2.0**-24, 2.0**-53
+
+
+def _gamma(k: int, u: float) -> float:
+    return k * u / (1 - k * u)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("nonlinearity")
+    return out, nl.main(out, quick=True)
+
+
+def _layers(saved: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(np.asarray(d["w"], np.float64), np.asarray(d["b"], np.float64)) for d in saved]
+
+
+def _exact_collapse(layers):
+    """``W = W_1 ··· W_L``, ``b`` by Horner, and ``|W_1| ··· |W_L|``, its bias analogue."""
+    w, b = layers[0]
+    aw, ab = np.abs(w), np.abs(b)
+    for wl, bl in layers[1:]:
+        w, b = w @ wl, b @ wl + bl
+        aw, ab = aw @ np.abs(wl), ab @ np.abs(wl) + np.abs(bl)
+    return w, b, aw, ab
+
+
+def test_files_and_json(run):
+    out, result = run
+    png = (out / f"{nl.NAME}.png").read_bytes()
+    assert png[:8] == PNG_SIGNATURE and len(png) > 10_000
+    assert json.loads((out / f"{nl.NAME}.json").read_text()) == json.loads(json.dumps(result))
+    assert result["quick"] is True and result["rules"] == nl.RULES
+
+
+def test_verdicts_follow_the_rules(run):
+    _, result = run
+    col, table, setup = result["collapse"], result["accuracy"], result["setup"]
+    # (a): the bound's γ_K from the widths, and the ratio's verdict
+    widths = {name: [v["input"], *v["widths"]] for name, v in setup["collapse_networks"].items()}
+    claim_a = True
+    for name, r in col.items():
+        assert r["k"] == sum(n + 1 for n in widths[name][:-1])
+        assert r["min_width"] == min(widths[name])
+        for dt, u in (("float32", U32), ("float64", U64)):
+            e = r[dt]
+            assert e["gamma_k"] == pytest.approx(_gamma(r["k"], u), rel=1e-12)
+            assert e["within_bound"] == (e["max_ratio_to_bound"] is not None
+                                         and e["max_ratio_to_bound"] <= 1)  # fmt: skip
+            assert e["rel_error"] == pytest.approx(e["max_abs_diff"] / e["max_abs_output"])
+            claim_a &= e["within_bound"] and e["numerical_rank"] <= r["min_width"]
+    # (b), (c): from the accuracy table and the recorded thresholds
+    for name in nl.DATASETS:
+        for model in setup["models"]:
+            row = table[name][model]
+            assert len(row["test"]) == len(setup["seeds"])
+            assert row["test_mean"] == pytest.approx(float(np.mean(row["test"])), abs=1e-12)
+    claim_b = all(
+        table[name][m]["test_mean"] <= limit
+        for name, limit in setup["linear_at_most"].items()
+        for m in ("linear", "identity")
+    )
+    claim_c = all(
+        table[name][m]["test_mean"] >= limit
+        for name, limit in setup["nonlinear_at_least"].items()
+        for m in setup["models"]
+        if m not in ("linear", "identity")
+    )
+    expected = {"claim_a": claim_a, "claim_b": claim_b, "claim_c": claim_c}
+    assert result["verdicts"] == expected
+    assert [c["holds"] for c in result["claims"]] == list(expected.values())
+
+
+def test_saved_networks_collapse_like_numpy_float64(run):
+    _, result = run
+    for name, saved in result["saved_networks"].items():
+        layers = _layers(saved["layers"])
+        w, b, aw, ab = _exact_collapse(layers)
+        widths = [layers[0][0].shape[0], *(wl.shape[1] for wl, _ in layers)]
+        k_w = sum(widths[1:-1])  # inner lengths of W_1 ··· W_L
+        k_b = sum(n + 1 for n in widths[1:-1])  # Horner: b_1 W_2 + b_2, ...
+        for dt, u in (("float32", U32), ("float64", U64)):
+            err_w = np.abs(np.asarray(saved[f"w_{dt}"]) - w)
+            err_b = np.abs(np.asarray(saved[f"b_{dt}"]) - b)
+            assert np.all(err_w <= (_gamma(k_w, u) + _gamma(k_w, U64)) * aw), (name, dt)
+            assert np.all(err_b <= (_gamma(k_b, u) + _gamma(k_b, U64)) * ab), (name, dt)
+
+
+def test_the_bound_holds_for_numpy_float32_too(run):
+    """The saved narrow network, stacked and collapsed by numpy in float32, on new inputs."""
+    _, result = run
+    layers = [(w.astype(np.float32), b.astype(np.float32))
+              for w, b in _layers(result["saved_networks"]["narrow"]["layers"])]  # fmt: skip
+    x = np.random.default_rng(1).standard_normal((500, layers[0][0].shape[0])).astype(np.float32)
+    h = x
+    for wl, bl in layers:
+        h = h @ wl + bl
+    w, b = layers[0]
+    for wl, bl in layers[1:]:
+        w, b = w @ wl, b @ wl + bl
+    m = np.abs(x.astype(np.float64))
+    for wl, bl in layers:
+        m = m @ np.abs(wl.astype(np.float64)) + np.abs(bl.astype(np.float64))
+    k = result["collapse"]["narrow"]["k"]
+    diff = np.abs(h.astype(np.float64) - (x @ w + b).astype(np.float64))
+    assert np.all(diff <= 2 * _gamma(k, U32) * m)
+
+
+def test_linear_models_stay_below_the_best_line(run):
+    """Any half-plane classifier's accuracy is at most the exact best line's, seed by seed."""
+    _, result = run
+    for name in nl.DATASETS:
+        ceiling = result["accuracy"][name]["line_ceiling"]["test"]
+        for model in ("linear", "identity"):
+            for acc, best in zip(result["accuracy"][name][model]["test"], ceiling, strict=True):
+                assert acc <= best + 1e-12, (name, model)
+
+
+def test_xor_line_is_the_collapsed_map(run):
+    _, result = run
+    w, b, aw, ab = _exact_collapse(_layers(result["saved_networks"]["trained_xor"]["layers"]))
+    line = result["xor_line"]
+    k_w = sum(nl.HIDDEN)
+    tol_w = (_gamma(k_w, U32) + _gamma(k_w, U64)) * (aw[:, 0] + aw[:, 1])
+    assert np.all(np.abs(np.asarray(line["normal"]) - (w[:, 1] - w[:, 0])) <= tol_w)
+    k_b = sum(n + 1 for n in nl.HIDDEN)
+    tol_b = (_gamma(k_b, U32) + _gamma(k_b, U64)) * (ab[0] + ab[1])
+    assert abs(line["offset"] - (b[1] - b[0])) <= tol_b
+
+
+def test_line_ceiling_exact_cases():
+    corners = np.array([[1, 1], [-1, -1], [1, -1], [-1, 1]], np.float32)
+    assert nl.line_ceiling(corners, np.array([0, 0, 1, 1])) == 0.75
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 2))
+    assert nl.line_ceiling(x, (x @ [1.0, -2.0] > 0.3).astype(int)) == 1.0
+    y = (x @ [1.0, -2.0] > 0.3).astype(int)
+    y[:3] = 1 - y[:3]  # three points flipped: a line gets at least 37 of 40
+    assert nl.line_ceiling(x, y) >= 37 / 40
+
+
+@settings(max_examples=6)
+@given(
+    depth=st.integers(1, 5),
+    widths=st.lists(st.integers(1, 24), min_size=5, max_size=5),
+    n_in=st.integers(1, 6),
+    batch=st.integers(1, 16),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_random_identity_stack_is_one_affine_map(depth, widths, n_in, batch, seed):
+    """A random ``mlp(widths, "identity")`` against numpy float64's ``x W + b``, both dtypes."""
+    widths = widths[:depth]
+    net = mlp(widths, "identity")
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(lambda k: net.init(k, (batch, n_in))[0], jax.random.key(0))
+    params64 = jax.tree.map(lambda s: rng.standard_normal(s.shape), shapes)
+    params32 = jax.tree.map(lambda a: a.astype(np.float32), params64)
+    x32 = rng.standard_normal((batch, n_in)).astype(np.float32)
+    dense = [params32[f"dense_{2 * i}"] for i in range(depth)]  # mlp: dense_0, identity_1, ...
+    layers = [(d["w"].astype(np.float64), d["b"].astype(np.float64)) for d in dense]
+    w, b, _, _ = _exact_collapse(layers)
+    exact = x32.astype(np.float64) @ w + b
+    m = np.abs(x32.astype(np.float64))
+    for wl, bl in layers:
+        m = m @ np.abs(wl) + np.abs(bl)
+    big_k = sum(n + 1 for n in [n_in, *widths][:-1])
+    state = {k: {} for k in params32}
+    for dtype, u in ((np.float32, U32), (np.float64, U64)):
+        with jax.default_matmul_precision("highest"):
+            p = jax.tree.map(lambda a, dtype=dtype: jnp.asarray(a.astype(dtype)), params32)
+            y, _ = jax.jit(net.apply, static_argnames="train")(
+                p, state, jnp.asarray(x32.astype(dtype)), train=False
+            )
+        assert y.dtype == dtype
+        # the library's float32 (float64) output and numpy float64's x W + b each within γ_K M
+        tol = (_gamma(big_k, u) + _gamma(big_k, U64)) * m
+        assert np.all(np.abs(np.asarray(y, np.float64) - exact) <= tol), dtype
