@@ -6,5 +6,13 @@ runs one experiment; the CLI, the tests and the benchmarks import them by that n
 ``common`` holds what every experiment shares: ``publish`` (JSON, figure, report), ``table``.
 """
 
-# The experiments `jaxnn reproduce` runs, in order; each module has main(out_dir).
-EXPERIMENTS = ("backprop_worked_example", "batchnorm_saturation", "batchnorm_ioffe_digits")
+# The experiments `jaxnn reproduce` runs, in order. Each module has NAME and
+# main(out_dir, *, quick=False), which returns its JSON result with "claims" (common.claim).
+EXPERIMENTS = (
+    "backprop_worked_example",
+    "nonlinearity",
+    "vanishing_gradients",
+    "batchnorm_saturation",
+    "batchnorm_ioffe_digits",
+    "regularization",
+)
