@@ -91,9 +91,12 @@ def sigmoid_derivative(x: ArrayLike) -> Array:
     """``σ'(x) = σ(x) (1 - σ(x)) = σ(x) σ(-x)``.
 
     The product form ``σ(x) σ(-x)`` avoids the cancellation in ``1 - σ(x)`` when
-    ``σ(x) ≈ 1``; at saturation it is ``1 * 0 = 0``, never NaN. Its maximum is 1/4 at 0:
-    every sigmoid layer shrinks the backward signal by at least 4x, which is why deep sigmoid
-    networks suffer vanishing gradients.
+    ``σ(x) ≈ 1``; at saturation it is ``1 * 0 = 0``, never NaN. Its maximum is 1/4 at 0
+    (in exact arithmetic; in float32 the rounded product can be 0.25000003 near 0). The
+    backward signal through a sigmoid layer is ``δ_l = σ'(z_l) ⊙ (W_{l+1} δ_{l+1})``, so
+    ``‖δ_l‖ ≤ ¼ ‖W_{l+1}‖₂ ‖δ_{l+1}‖``: unless the weights' gain makes up the factor 4, each
+    layer shrinks the signal, which is why deep sigmoid networks suffer vanishing gradients
+    (``experiments/vanishing_gradients.py`` measures it).
     """
     return sigmoid(x) * sigmoid(-jnp.asarray(x))
 
