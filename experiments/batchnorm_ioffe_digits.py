@@ -44,6 +44,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from jaxnn import Layer, intermediates, losses, mlp
+from jaxnn.combinators import layer_keys
 from jaxnn.train import TrainState, make_train_step, sgd
 
 from . import common
@@ -205,7 +206,9 @@ def networks(n_features: int) -> dict[str, Network]:
 
 def _keys(net: Layer, params: dict[str, Any], kind: str) -> list[str]:
     """The keys of the layers of ``net`` named ``kind``, in order (``params`` from its init)."""
-    return [key for key, layer in zip(params, net.children, strict=True) if layer.name == kind]
+    del params
+    keys = layer_keys(net)
+    return [key for key, layer in zip(keys, net.children, strict=True) if layer.name == kind]
 
 
 def _evaluator(network: Network, data: dict[str, np.ndarray]):

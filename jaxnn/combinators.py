@@ -31,11 +31,23 @@ from jaxnn.layers import activation as _activation
 from jaxnn.layers import default_float, dense
 from jaxnn.layers import dropout as _dropout
 
-__all__ = ["intermediates", "mlp", "serial"]
+__all__ = ["intermediates", "layer_keys", "mlp", "serial"]
 
 
 def _names(layers: Sequence[Layer]) -> tuple[str, ...]:
     return tuple(f"{layer.name}_{i}" for i, layer in enumerate(layers))
+
+
+def layer_keys(layer: Layer) -> tuple[str, ...]:
+    """The keys of a composition's params and state, in the order its layers run.
+
+    ``"{layer.name}_{i}"`` for the ``i``-th layer (``("dense_0", "relu_1", ...)``). Use it to
+    walk a network's params in order: a dict that has been through ``jit`` or
+    ``jax.tree.map`` comes back with its keys sorted (``"dense_10"`` before ``"dense_2"``).
+    """
+    if not isinstance(layer, Layer) or not layer.children:
+        raise TypeError("layer_keys needs a composition (serial or mlp).")
+    return _names(layer.children)
 
 
 def _layer_keys(layers: Sequence[Layer], key: PRNGKey | None) -> list[PRNGKey | None]:

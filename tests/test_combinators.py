@@ -250,3 +250,15 @@ def test_bad_hyperparameters():
         combinators.mlp([3, 2], "relu", dropout=1.0)
     with pytest.raises(TypeError, match="input_shape"):
         combinators.mlp([3]).init(jax.random.key(0), 4)
+
+
+def test_layer_keys_give_the_run_order_that_sorted_dicts_lose():
+    net = combinators.mlp([3] * 11, "relu")
+    keys = combinators.layer_keys(net)
+    assert keys[:3] == ("dense_0", "relu_1", "dense_2") and len(keys) == 22
+    params, _ = net.init(jax.random.key(0), (2, 3))
+    assert set(keys) == set(params)
+    through_jit = jax.jit(lambda p: p)(params)
+    assert list(through_jit) != list(keys)  # sorted: "dense_10" before "dense_2"
+    with pytest.raises(TypeError, match="needs a composition"):
+        combinators.layer_keys(layers.dense(2))
