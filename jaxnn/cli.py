@@ -270,7 +270,7 @@ def _report(
                 "",
                 f"**Rule.** {c['rule']}",
                 "",
-                f"**Verdict: {verdict}.** {c['evidence']}.",
+                f"**Verdict: {verdict}.** {c['evidence'].rstrip('.')}.",
                 "",
                 f"**Figure.** {c['figure']}",
                 "",

@@ -284,7 +284,9 @@ def mlp(
         # §3.2: β takes its role): its exact gradient is 0, and an optimizer that normalises
         # the step (Adam) would turn that gradient's rounding noise into lr-sized updates.
         bias = use_bias and not (batchnorm and hidden)
-        layers.append(dense(f, use_bias=bias, w_init=w_init, b_init=b_init, param_dtype=param_dtype))
+        layers.append(
+            dense(f, use_bias=bias, w_init=w_init, b_init=b_init, param_dtype=param_dtype)
+        )
         if batchnorm and hidden:
             layers.append(_batchnorm(param_dtype=param_dtype, **bn_kwargs))
         layers.append(_activation(a))

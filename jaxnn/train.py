@@ -537,8 +537,9 @@ class FitResult(NamedTuple):
     """What :func:`fit` returns."""
 
     state: TrainState  # after the last epoch run
-    best: TrainState  # the state after the best epoch (by `monitor`); `state` without validation
-    best_epoch: int  # 1-based epoch of `best`
+    best: TrainState  # after the best epoch of this call by `monitor` (see best_epoch)
+    best_epoch: int  # 1-based epoch with the best `monitor`, counting `history`; if it is an
+    #                  epoch of the earlier history (a resumed run), `best` is `state`
     history: list[dict[str, float]]  # one record per epoch (see fit)
     stopped_early: bool  # whether early stopping ended the run
 

@@ -193,10 +193,10 @@ def test_keys_flow_through_the_scan_one_per_step():
         runs[mode] = fit_full_batch(step, ts, x, labels, 10, key=key)
     # Without a key, step k draws its masks from fold_in(fold_in(ts.key, 0), k) (jaxnn.train).
     derived = fit_full_batch(step, ts, x, labels, 10)
-    loop = ts
+    loop, keep_step = ts, make_train_step(net, loss, opt, donate=False)
     for k in range(10):
         k_key = jax.random.fold_in(jax.random.fold_in(ts.key, 0), k)
-        loop, value = make_train_step(net, loss, opt, donate=False)(loop, x, labels, k_key)
+        loop, value = keep_step(loop, x, labels, k_key)
         assert float(value) == pytest.approx(float(derived[1][k]), rel=1e-12)
     assert int(derived[0].step) == 10
     # The scan uses jax.random.split(key, num_steps), step k the k-th key: a loop agrees.
