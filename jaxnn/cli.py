@@ -51,7 +51,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from tqdm import tqdm
 
@@ -603,9 +603,16 @@ def train(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- the parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line: what is wrong, and where the help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     doc = __doc__ or ""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jaxnn",
         description=doc.split("\n\n")[0],
         epilog="exit status: 0 success; 1 a gradient mismatch or a failed experiment; 2 a "

@@ -880,6 +880,8 @@ def test_cli(env, capsys, monkeypatch, argv, tty, code, where, fragment):
     assert BAR not in out  # stdout holds the report only
     if code == 2:
         assert env.calls == []  # a usage error runs nothing
+    if code == 2 and "Traceback" not in err:  # a usage error is one line (raising cases aside)
+        assert len(err.strip().splitlines()) == 1, err
 
 
 def test_raising_case_keeps_the_audit_going_and_reports_each_case(env, capsys, monkeypatch):
