@@ -547,6 +547,12 @@ class FitResult(NamedTuple):
 _MONITORS = {"val_loss": min, "val_accuracy": max, "loss": min}
 
 
+@jax.jit
+def _copy(tree: Any) -> Any:
+    """Fresh buffers for every leaf, in one dispatch (a ``tree.map`` is one per leaf)."""
+    return jax.tree.map(jnp.copy, tree)
+
+
 def fit(
     layer: Layer,
     loss: str | _losses.Loss,
@@ -630,7 +636,7 @@ def fit(
         layer, loss, optimizer, batch_size=batch_size, grad=grad, penalty=penalty,
         remainder=remainder,
     )  # fmt: skip
-    ts = jax.tree.map(jnp.copy, ts)  # the caller's state survives the donation
+    ts = _copy(ts)  # the caller's state survives the donation
     records = [dict(r) for r in history]
     scored = [r[monitor] for r in records if monitor in r]
     best_value = better(scored) if scored else None
@@ -667,7 +673,7 @@ def fit(
             improved = best_value is None or better(value, best_value) != best_value
         if improved:
             best_value, best_epoch, waited = value, epoch, 0
-            best = jax.tree.map(jnp.copy, ts)  # the next epoch donates ts's buffers
+            best = _copy(ts)  # the next epoch donates ts's buffers
         else:
             waited += 1
         if callback is not None:
