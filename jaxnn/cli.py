@@ -171,6 +171,14 @@ def _only(text: str) -> tuple[str, ...]:
     return names
 
 
+def _cannot_import(e: ImportError) -> int:
+    print(
+        f"jaxnn reproduce: cannot import the experiments ({e}). {_INSTALL_EXPERIMENTS}",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def reproduce(args: argparse.Namespace) -> int:
     problem = _check_out(args.out)
     if problem:
@@ -180,11 +188,7 @@ def reproduce(args: argparse.Namespace) -> int:
         package = import_experiments()
         common = importlib.import_module(f"{EXPERIMENTS_PACKAGE}.common")
     except ImportError as e:  # the experiments need matplotlib and scikit-learn
-        print(
-            f"jaxnn reproduce: cannot import the experiments ({e}). {_INSTALL_EXPERIMENTS}",
-            file=sys.stderr,
-        )
-        return 2
+        return _cannot_import(e)
     names = tuple(package.EXPERIMENTS)
     if args.only:
         unknown = [n for n in args.only if n not in names]
@@ -199,11 +203,7 @@ def reproduce(args: argparse.Namespace) -> int:
     try:
         modules = {name: importlib.import_module(f"{EXPERIMENTS_PACKAGE}.{name}") for name in names}
     except ImportError as e:
-        print(
-            f"jaxnn reproduce: cannot import the experiments ({e}). {_INSTALL_EXPERIMENTS}",
-            file=sys.stderr,
-        )
-        return 2
+        return _cannot_import(e)
     failed: dict[str, str] = {}
     results: dict[str, Any] = {}
     bar = tqdm(

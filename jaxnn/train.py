@@ -251,17 +251,14 @@ def _update(
 ) -> Callable[..., tuple[TrainState, Array]]:
     """The step's computation, not jitted: ``update(ts, x, targets, key, mask)``."""
     vg = value_and_grad(layer, loss, grad=grad, penalty=penalty)
-    vg_masked = None
+    vg_masked = value_and_grad(layer, _losses.masked(loss), grad=grad, penalty=penalty)
 
     def update(ts: TrainState, x: Array, targets: Any, key: PRNGKey | None, mask: Array | None):
-        nonlocal vg_masked
         if key is None and layer.stochastic:
             key = _stream_key(ts, _DROPOUT_STREAM)
         if mask is None:
             (value, new_state), grads = vg(ts.params, ts.state, x, targets, train=True, key=key)
         else:
-            if vg_masked is None:
-                vg_masked = value_and_grad(layer, _losses.masked(loss), grad=grad, penalty=penalty)
             keywords = {"mask": mask} if "mask" in layer.keywords else {}
             (value, new_state), grads = vg_masked(
                 ts.params, ts.state, x, (targets, mask), train=True, key=key, **keywords

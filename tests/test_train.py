@@ -34,13 +34,13 @@ def digits():
         return data.digits()
 
 
-def _f32(tree):
+def _f64(tree):
     return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
 
 
 def _rel(a, b):
     """max |a - b| / max |b| over a pytree's leaves, in float64."""
-    la, lb = jax.tree.leaves(_f32(a)), jax.tree.leaves(_f32(b))
+    la, lb = jax.tree.leaves(_f64(a)), jax.tree.leaves(_f64(b))
     num = max(float(np.max(np.abs(x - y))) for x, y in zip(la, lb, strict=True))
     return num / max(float(np.max(np.abs(y))) for y in lb)
 
@@ -123,7 +123,7 @@ def test_the_source_texts_update_equals_optax_sgd_bit_for_bit(grad):
 
 def _leaf_rel(a, b):
     """The worst leaf's max |a - b| / max |b| (float64)."""
-    pairs = zip(jax.tree.leaves(_f32(a)), jax.tree.leaves(_f32(b)), strict=True)
+    pairs = zip(jax.tree.leaves(_f64(a)), jax.tree.leaves(_f64(b)), strict=True)
     return max(float(np.max(np.abs(x - y)) / np.max(np.abs(y))) for x, y in pairs)
 
 
