@@ -191,7 +191,7 @@ def networks(n_features: int) -> dict[str, Network]:
             param_dtype=jnp.float32,
         )
         params, state = net.init(jax.random.key(SEED), (BATCH, n_features))
-        keys = list(params)
+        keys = list(layer_keys(net))
         last_sigmoid = keys.index(_keys(net, params, "sigmoid")[-1])
         nets[name] = Network(net, params, state, tracked=keys[last_sigmoid - 1])
     plain, bn = nets["plain"], nets["bn"]

@@ -269,7 +269,7 @@ def _routes(net: Layer):
     """``(params, x) ->`` the network's output, ``W``, ``b`` and ``x W + b``, jitted."""
 
     def routes(params: dict[str, Any], x: jax.Array) -> dict[str, jax.Array]:
-        stacked, _ = net.apply(params, {k: {} for k in params}, x, train=False)
+        stacked, _ = net.apply(params, {}, x, train=False)
         w, b = collapse(_dense(net, params))
         return {"stacked": stacked, "w": w, "b": b, "collapsed": x @ w + b}
 
@@ -334,8 +334,7 @@ def random_params(net: Layer, n_in: int, widths: Sequence[int], rng: np.random.G
     Drawn with numpy: ``jax.random`` compiles a sampler for every new shape, seconds each.
     """
     params, fans = {}, iter(zip([n_in, *widths[:-1]], widths, strict=True))
-    for i, child in enumerate(net.children):
-        params[f"{child.name}_{i}"] = {}
+    for i, child in enumerate(net.children):  # only the dense layers hold params
         if child.name == "dense":
             fan_in, fan_out = next(fans)
             limit = np.sqrt(6 / (fan_in + fan_out))

@@ -249,7 +249,7 @@ def layer_gradients(
         if layer.name in ACTIVATIONS:
             d = activations.get(layer.name).derivative(h)
             dact.append((jnp.max(d), jnp.mean(d)))
-        h, _, backward = layer.vjp(params[name], state[name], h, train=True)
+        h, _, backward = layer.vjp(params.get(name, {}), state.get(name, {}), h, train=True)
         backwards.append(backward)
     dy = loss.grad(h, y)
     grad_w, delta = [], []

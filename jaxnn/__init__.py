@@ -17,6 +17,7 @@ from jaxnn import initializers as initializers
 from jaxnn import layers as layers
 from jaxnn import losses as losses
 from jaxnn import metrics as metrics
+from jaxnn import parallel as parallel
 from jaxnn import regularization as regularization
 from jaxnn import run as run
 from jaxnn import train as train

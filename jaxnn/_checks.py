@@ -5,10 +5,13 @@ traced: the ``ensure_*`` functions refuse them there with a ``TypeError`` or ``V
 Every message says what was expected, what came, and what to do about it.
 
 Values inside ``jit`` (labels out of range, NaN inputs, a traced learning rate) cannot raise.
-:func:`require` states such a condition with :func:`jax.experimental.checkify.debug_check`: a
-no-op in normal runs (nothing is compiled for it) and an error when the computation runs in
-the checking mode, :func:`jaxnn.checking.checked` (or ``checkify.checkify(f,
-errors=checkify.user_checks)``).
+:func:`require` states such a condition with :func:`jax.experimental.checkify.debug_check`
+when the computation is traced in the checking mode (:func:`jaxnn.checking.checked`, which
+sets :data:`CHECKING`), and an error is raised when it fails. Outside it ``require`` puts
+nothing in the computation: a ``debug_check`` is an effect, and a jitted function with an
+effect leaves JAX's C++ dispatch path (a call then costs about ten times more on the host).
+:data:`CHECKING` is a ``jax.make_user_context`` value, part of ``jit``'s cache key, so a
+function traced once unchecked is traced again, with its checks, in the checking mode.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
+
+# True while a function is traced in the checking mode (jaxnn.checking.checked); part of the
+# jit cache key, so the checked and the unchecked traces of one function are cached apart.
+CHECKING = jax.make_user_context(False)
 
 
 def is_floating(x: Any) -> bool:
@@ -104,10 +111,12 @@ def require(pred: Any, message: str, **values: Any) -> None:
     """A condition on run-time values, checked in the checking mode only.
 
     ``message`` is formatted with ``values`` (``{name}`` fields, evaluated on the device)
-    when the condition fails under :func:`jaxnn.checking.checked`; outside it this is a no-op.
-    Callers state it for traced values only: concrete values get an eager error instead.
+    when the condition fails under :func:`jaxnn.checking.checked`; outside it this adds
+    nothing to the computation. Callers state it for traced values only: concrete values get
+    an eager error instead.
     """
-    checkify.debug_check(jnp.all(pred), message, **values)
+    if CHECKING.value:
+        checkify.debug_check(jnp.all(pred), message, **values)
 
 
 def ensure_nonempty(x: Any, name: str, who: str, why: str) -> None:
@@ -123,3 +132,20 @@ def all_finite(tree: Any) -> jax.Array:
     """One boolean: every floating leaf of ``tree`` is finite (for :func:`require`)."""
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if is_floating(x)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def ensure_float_dtype(dtype: Any, name: str, hint: str = "") -> np.dtype | None:
+    """``dtype`` as a NumPy dtype, refusing one that is not floating-point; None stays None."""
+    if dtype is None:
+        return None
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or not jnp.issubdtype(dt, jnp.floating):
+        got = f"dtype {dt}" if dt is not None else f"{type(dtype).__name__} {dtype!r}"
+        raise TypeError(
+            f"{name} must be a floating-point dtype (jnp.bfloat16, jnp.float16, jnp.float32 or "
+            f"jnp.float64) or None, got {got}.{' ' + hint if hint else ''}"
+        )
+    return dt

@@ -60,7 +60,18 @@ go negative and give NaN), on ``x / scale`` with ``scale >= 1`` a power of two n
 feature's largest ``|x|``: dividing by a power of two is exact, and every intermediate stays
 finite for any finite input (a float32 ``(x - mean)²`` overflows once the spread passes
 ``1.8e19``). A running variance beyond the state dtype's range is stored as its largest
-finite value (:func:`update_running`). The output has the input's dtype.
+finite value (:func:`update_running`). The output has the input's dtype, or ``compute_dtype``.
+
+**Mixed precision** (``compute_dtype=jnp.bfloat16``, as :func:`~jaxnn.combinators.mlp` passes
+it): the layer's policy in jmp's terms is ``Policy(param_dtype=float32, compute_dtype=float32,
+output_dtype=bfloat16)`` (jmp users give BatchNorm a policy of its own, as Haiku's ImageNet
+example's ``--mp_bn_policy``), and it is what Flax's ``nn.BatchNorm(dtype=jnp.bfloat16)`` does
+(statistics reduced in float32, ``dtype`` the output's). With ``c = promote(compute_dtype, float32)`` and ``o = compute_dtype``, the
+formulas above run on ``cast_c(x)`` with gamma, beta and the statistics in ``c``::
+
+    y = cast_o(gamma · x̂ + beta)          dx = cast_x(the backward above, on cast_c(dy))
+
+so bfloat16's 8-bit significand never enters a mean, a variance or the running statistics.
 
 **Refused**: a training batch of fewer than two values per feature (no variance to estimate;
 a 0-row batch included). Under ``jit`` a ``mask`` selecting fewer than two examples cannot be
@@ -82,7 +93,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnn._checks import ensure_float, ensure_input_shape, ensure_positive, is_traced, require
+from jaxnn._checks import (
+    ensure_float,
+    ensure_float_dtype,
+    ensure_input_shape,
+    ensure_positive,
+    is_traced,
+    require,
+)
 from jaxnn._typing import Array, ArrayLike, Layer, Params, PRNGKey, Shape, bind_backward
 from jaxnn.layers import default_float
 
@@ -128,6 +146,7 @@ class _Config(NamedTuple):
     axes: tuple[int, ...]  # the feature axes as given (may be negative)
     axis_name: str | None
     param_dtype: Any
+    compute_dtype: Any  # the output's dtype (None: the input's); statistics in >= float32
 
 
 # ----------------------------------------------------------------------------- the math
@@ -300,6 +319,7 @@ def _train_backward(
     reduce: tuple[int, ...],
     feature_shape: tuple[int, ...],
     pdtype: Any,
+    x_dtype: Any,
     axis_name: str | None,
 ) -> tuple[Params, Array]:
     """``dx = gamma s (dy - (Σ dy + x̂ Σ dy x̂) / N)``; ``dgamma = Σ dy x̂``; ``dbeta = Σ dy``."""
@@ -318,7 +338,7 @@ def _train_backward(
     if res.mask is not None:
         correction = correction * res.mask.astype(res.xhat.dtype)  # padding is not in the stats
     dx = res.gamma * res.inv_std * (dyf - correction)
-    return _param_grads(dgamma, dbeta, feature_shape, pdtype), dx.astype(dy.dtype)
+    return _param_grads(dgamma, dbeta, feature_shape, pdtype), dx.astype(x_dtype)
 
 
 def _eval_backward(
@@ -328,6 +348,7 @@ def _eval_backward(
     reduce: tuple[int, ...],
     feature_shape: tuple[int, ...],
     pdtype: Any,
+    x_dtype: Any,
     axis_name: str | None,
 ) -> tuple[Params, Array]:
     """Constant statistics: ``dx = gamma s dy``; ``dgamma = Σ dy x̂``; ``dbeta = Σ dy``."""
@@ -337,7 +358,7 @@ def _eval_backward(
     if axis_name is not None and not _varies(res.gamma, axis_name):
         dgamma, dbeta = lax.psum((dgamma, dbeta), axis_name)  # replicated params
     dx = res.gamma * res.inv_std * dyf
-    return _param_grads(dgamma, dbeta, feature_shape, pdtype), dx.astype(dy.dtype)
+    return _param_grads(dgamma, dbeta, feature_shape, pdtype), dx.astype(x_dtype)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -431,7 +452,8 @@ def _forward(
     feat, reduce = _layout(cfg, x.ndim)
     _check_inputs(cfg, params, state, x, feat)
     m = None if mask is None else _check_mask(cfg, mask, x, feat, reduce)
-    sd = jnp.promote_types(x.dtype, jnp.float32)  # statistics in at least float32
+    out = x.dtype if cfg.compute_dtype is None else cfg.compute_dtype
+    sd = jnp.promote_types(out, jnp.float32)  # statistics and normalisation in >= float32
     bshape = tuple(x.shape[a] if a in feat else 1 for a in range(x.ndim))
     feature_shape = tuple(x.shape[a] for a in feat)
     xs = x.astype(sd)
@@ -466,10 +488,11 @@ def _forward(
         "reduce": reduce,
         "feature_shape": feature_shape,
         "pdtype": jnp.dtype(params["gamma"].dtype),
+        "x_dtype": jnp.dtype(x.dtype),
         "axis_name": cfg.axis_name,
     }
     res = _Residuals(xhat, inv_std, gamma, n, m if train else None)
-    return y.astype(x.dtype), new_state, res, static
+    return y.astype(out), new_state, res, static
 
 
 def batchnorm(
@@ -480,6 +503,7 @@ def batchnorm(
     axis: int | Sequence[int] = -1,
     axis_name: str | None = None,
     param_dtype: Any = None,
+    compute_dtype: Any = None,
     name: str = "batchnorm",
 ) -> Layer:
     """A BatchNorm layer (see the module docstring for the formulas and conventions).
@@ -495,6 +519,9 @@ def batchnorm(
         by each device's count.
       param_dtype: dtype of gamma, beta and the running statistics (default float64 under
         ``jax_enable_x64``, else float32).
+      compute_dtype: the network's compute dtype (``jnp.bfloat16`` for mixed precision): the
+        output's dtype, the normalisation itself computed in at least float32 (module
+        docstring, *Mixed precision*). None (default): the input's dtype.
       name: the layer's name.
 
     The layer's ``apply`` and ``vjp`` take an extra keyword ``mask``: a boolean array of the
@@ -511,7 +538,12 @@ def batchnorm(
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     if not axes:
         raise ValueError("batchnorm: axis must name at least one feature axis.")
-    cfg = _Config(name, convention, momentum, float(eps), axes, axis_name, param_dtype)
+    compute_dtype = ensure_float_dtype(
+        compute_dtype, f"{name}: compute_dtype", "Use jnp.bfloat16 for mixed precision."
+    )
+    cfg = _Config(
+        name, convention, momentum, float(eps), axes, axis_name, param_dtype, compute_dtype
+    )
 
     def init(key: PRNGKey | None, input_shape: Shape) -> tuple[Params, BatchNormState]:
         del key

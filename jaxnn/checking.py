@@ -13,8 +13,9 @@ What happens then is fixed and the same on both gradient paths (``grad="autodiff
   formulas as given (the hand gradients are the exact derivatives of those formulas);
 * a learning rate is applied as given (NaN makes the parameters NaN, a negative one ascends).
 
-Every such condition is also stated with :func:`jax.experimental.checkify.debug_check`, which
-costs nothing in normal runs. :func:`checked` runs a function with those checks on: the first
+Every such condition is also stated with :func:`jax.experimental.checkify.debug_check` when the
+function is traced in the checking mode; outside it nothing is compiled for it and a call
+keeps JAX's fast dispatch path. :func:`checked` runs a function with those checks on: the first
 failed condition raises a :class:`jax.experimental.checkify.JaxRuntimeError` whose message
 names it::
 
@@ -22,8 +23,10 @@ names it::
     checked_step = jaxnn.checking.checked(step)
     ts, loss = checked_step(ts, x, labels)   # raises if a label is out of range
 
-It is ``checkify.checkify(fn, errors=checkify.user_checks)`` under ``jit``, then ``throw``;
-compose ``checkify`` yourself for more (e.g. ``checkify.nan_checks`` to find the first NaN).
+It is ``checkify.checkify(fn, errors=checkify.user_checks)`` under ``jit``, traced inside
+:func:`mode`, then ``throw``; pass ``errors`` for more (e.g. ``checkify.nan_checks`` to find the
+first NaN). To compose ``checkify`` yourself, trace and call inside ``with
+jaxnn.checking.mode():``; outside it jaxnn states no conditions.
 A checked function compiles separately from the unchecked one and runs slower (every
 condition is evaluated): use it to debug, not in production loops.
 """
@@ -37,10 +40,26 @@ from typing import Any
 import jax
 from jax.experimental import checkify
 
-__all__ = ["ERRORS", "checked"]
+from jaxnn._checks import CHECKING
+
+__all__ = ["ERRORS", "checked", "mode"]
 
 # The conditions jaxnn states (checkify.debug_check) are user checks.
 ERRORS = checkify.user_checks
+
+
+def mode() -> Any:
+    """A context in which jaxnn's functions are traced with their run-time conditions.
+
+    ``jax.jit`` caches the traces made inside it apart from those made outside (it is a
+    ``jax.make_user_context`` value), so a function already compiled without its checks is
+    traced again with them. :func:`checked` uses it; use it to compose ``checkify`` yourself::
+
+        with jaxnn.checking.mode():
+            err, out = jax.jit(checkify.checkify(step, errors=checkify.user_checks))(ts, x, y)
+        err.throw()
+    """
+    return CHECKING(True)
 
 
 def checked(fn: Callable[..., Any], *, errors: Any = ERRORS) -> Callable[..., Any]:
@@ -67,7 +86,8 @@ def checked(fn: Callable[..., Any], *, errors: Any = ERRORS) -> Callable[..., An
         if static not in compiled:
             bound = functools.partial(fn, **dict(static))
             compiled[static] = jax.jit(checkify.checkify(bound, errors=errors))
-        err, out = compiled[static](*args, **dynamic)
+        with mode():
+            err, out = compiled[static](*args, **dynamic)
         err.throw()
         return out
 

@@ -14,10 +14,17 @@
   fails to build or raises while being checked is an ERROR row; the audit goes on through
   every other case.
 * ``jaxnn train [--data NAME] [--hidden 128,64] [--activation relu] [--batchnorm] [--dropout
-  P] [--optimizer adam] [--lr 1e-3] [--epochs 20] [--grad manual] [--checkpoint DIR]
-  [--resume] [--seed N] [--out DIR]`` — trains an MLP (:mod:`jaxnn.run`): a progress bar over
-  the epochs, one line of metrics per epoch, the final test accuracy; ``metrics.json`` and
-  ``learning_curve.png`` in ``DIR`` (default ``runs/``).
+  P] [--optimizer adam] [--lr 1e-3] [--epochs 20] [--grad manual] [--compute-dtype bfloat16]
+  [--devices N] [--checkpoint DIR] [--resume] [--seed N] [--out DIR]`` — trains an MLP
+  (:mod:`jaxnn.run`): a progress bar over the epochs, one line of metrics per epoch, the final
+  test accuracy; ``metrics.json`` and ``learning_curve.png`` in ``DIR`` (default ``runs/``).
+  ``--devices N`` trains data-parallel on ``N`` local devices (:mod:`jaxnn.parallel`; on the
+  CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` simulates them).
+* ``jaxnn bench [--batches 128,1024] [--rounds N] [--dtype bfloat16] [--only NAME[,NAME]]
+  [--quick] [--out FILE]`` — times one training step of an MLP 784-512-512-10 with BatchNorm
+  (:mod:`jaxnn.benchmark`): jaxnn (autodiff and hand-derived gradients) against plain JAX,
+  the step's bare matmuls and, where installed, Flax, Equinox and PyTorch, interleaved; prints
+  a table and writes the JSON report to ``FILE`` (default ``bench.json``).
 * ``jaxnn --version`` — the installed version.
 
 Exit status, argparse's convention:
@@ -554,6 +561,21 @@ def _train_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
         default=d.grad,
         help="gradient path: jax.grad, or the hand-derived rules (default: autodiff)",
     )
+    a(
+        "--compute-dtype",
+        choices=("float32", "bfloat16"),
+        default=d.compute_dtype,
+        help="bfloat16: mixed precision, bfloat16 matmuls with float32 master weights, "
+        "BatchNorm and loss (default: float32)",
+    )
+    a(
+        "--devices",
+        type=_number(int, 1),
+        default=d.devices,
+        metavar="N",
+        help="data parallelism: replicate the model on N local devices and split each "
+        "minibatch among them; --batch-size must be divisible by N (default: 1)",
+    )
     a("--seed", type=_number(int, 0), default=d.seed, help="default: 0")
     a(
         "--checkpoint",
@@ -587,6 +609,7 @@ def train(args: argparse.Namespace) -> int:
         activation=args.activation, batchnorm=args.batchnorm, dropout=args.dropout,
         optimizer=args.optimizer, lr=args.lr, l2=args.l2, epochs=args.epochs,
         batch_size=args.batch_size, grad=args.grad, seed=args.seed,
+        compute_dtype=args.compute_dtype, devices=args.devices,
     )  # fmt: skip
     try:
         _run.run(
@@ -597,6 +620,103 @@ def train(args: argparse.Namespace) -> int:
     except (ValueError, OSError, ImportError) as e:  # bad data, files, options: usage errors
         print(f"jaxnn train: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+# ----------------------------------------------------------------------------- bench
+
+
+def _batches(text: str) -> tuple[int, ...]:
+    """argparse type of ``bench --batches``: batch sizes >= 2 separated by commas."""
+    try:
+        sizes = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 2:
+        raise argparse.ArgumentTypeError(
+            f"expected batch sizes >= 2 (BatchNorm needs two examples) separated by commas, "
+            f"e.g. 128,1024, got {text!r}"
+        )
+    return sizes
+
+
+def _implementations(text: str) -> tuple[str, ...]:
+    """argparse type of ``bench --only``: implementation names separated by commas."""
+    from jaxnn.benchmark import IMPLEMENTATIONS
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names or any(n not in IMPLEMENTATIONS for n in names):
+        raise argparse.ArgumentTypeError(
+            f"expected implementation names from {','.join(IMPLEMENTATIONS)}, got {text!r}"
+        )
+    return names
+
+
+def _check_out_file(out: str) -> str | None:
+    """Why the file ``out`` cannot be written, or None (its folder is created if missing)."""
+    path = Path(out)
+    if path.is_dir():
+        return (
+            f"--out expects a file for the JSON report, got {out!r}, which is a folder. Name a "
+            f"file, e.g. --out bench.json."
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as e:
+        return (
+            f"--out expects a file in a folder that can be written, got {out!r} "
+            f"({e.strerror or e}). Name a file in a folder you can write to."
+        )
+    return None
+
+
+def _bench_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
+    from jaxnn.benchmark import DTYPES
+
+    p = sub.add_parser(
+        "bench", parents=[quiet],
+        help="time a train step: jaxnn against plain JAX, bare matmuls, Flax, Equinox, PyTorch",
+    )  # fmt: skip
+    a = p.add_argument
+    a("--batches", type=_batches, default=None, metavar="N,N",
+      help="batch sizes (default: 128,1024,16384; with --quick 8,16)")  # fmt: skip
+    a("--rounds", type=_number(int, 1), default=None, metavar="N",
+      help="timed rounds, a whole number >= 1 (default: 7; with --quick 2)")  # fmt: skip
+    a("--dtype", choices=DTYPES, default="float32",
+      help="bfloat16: bfloat16 matmuls, float32 master weights (default: float32)")  # fmt: skip
+    a("--only", type=_implementations, default=None, metavar="NAME[,NAME]",
+      help="only these implementations (plain_jax, the reference, always runs)")  # fmt: skip
+    a("--out", default="bench.json", metavar="FILE", help="the JSON report (default: bench.json)")
+    a("--quick", action="store_true",
+      help="a 784-32-32-10 model, batches 8,16, 2 short rounds (seconds; the tests run it)")  # fmt: skip
+    p.set_defaults(run=bench)
+
+
+def bench(args: argparse.Namespace) -> int:
+    import json
+
+    from jaxnn import benchmark
+
+    problem = _check_out_file(args.out)
+    if problem:
+        print(f"jaxnn bench: {problem}", file=sys.stderr)
+        return 2
+    config = benchmark.quick_config() if args.quick else benchmark.BenchConfig()
+    given = {"batches": args.batches, "rounds": args.rounds, "only": args.only}
+    config = config._replace(dtype=args.dtype, **{k: v for k, v in given.items() if v})
+    show = not args.quiet and sys.stderr.isatty()
+    try:
+        report = benchmark.run(
+            config, log=lambda line: print(line, file=sys.stderr) if show else None
+        )
+    except benchmark.BenchError as e:
+        print(f"jaxnn bench: {e}", file=sys.stderr)
+        return 2
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(benchmark.table(report))
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -625,7 +745,7 @@ def _parser() -> argparse.ArgumentParser:
         help="no progress on stderr (progress shows only when stderr is a terminal)",
     )  # fmt: skip
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{reproduce,gradcheck,train}"
+        dest="command", required=True, metavar="{reproduce,gradcheck,train,bench}"
     )
     p = sub.add_parser(
         "reproduce", parents=[quiet], help="run every experiment and write its results"
@@ -647,6 +767,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="import a module that registers its own cases (repeatable)")  # fmt: skip
     p.set_defaults(run=gradcheck)
     _train_parser(sub, quiet)
+    _bench_parser(sub, quiet)
     return parser
 
 

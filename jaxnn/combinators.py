@@ -1,8 +1,13 @@
 """Composition: ``serial`` and ``mlp`` (a composition is itself a layer), and ``intermediates``.
 
 ``serial(*layers)`` runs its layers in order. Its params and state are dicts keyed
-``"{layer.name}_{i}"`` (``"dense_0"``, ``"sigmoid_1"``, ...), each holding that layer's own
-params or state. Its backward is the chain rule done by hand: the forward runs each layer's
+``"{layer.name}_{i}"`` (``"dense_0"``, ``"batchnorm_1"``, ...), each holding that layer's own
+params or state; a layer without params (an activation, dropout) has no entry in the params,
+and one without state (all but BatchNorm) none in the state. The pytrees a training step
+carries then have a node per array-holding layer only (each node costs host time at every
+jitted call), and :func:`layer_keys` gives every layer's key in run order.
+
+Its backward is the chain rule done by hand: the forward runs each layer's
 ``vjp`` and keeps its ``backward``; the backward runs them in reverse, feeding each one's
 ``dx`` to the layer before as its ``dy`` and collecting every ``dparams``::
 
@@ -21,10 +26,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from jaxnn import activations as _activations
 from jaxnn import initializers as _initializers
-from jaxnn._checks import ensure_input_shape
+from jaxnn._checks import ensure_float_dtype, ensure_input_shape
 from jaxnn._typing import Array, ArrayLike, Layer, Params, PRNGKey, Shape, State, bind_backward
 from jaxnn.batchnorm import batchnorm as _batchnorm
 from jaxnn.layers import activation as _activation
@@ -39,11 +45,13 @@ def _names(layers: Sequence[Layer]) -> tuple[str, ...]:
 
 
 def layer_keys(layer: Layer) -> tuple[str, ...]:
-    """The keys of a composition's params and state, in the order its layers run.
+    """The keys of a composition's layers, in the order they run.
 
-    ``"{layer.name}_{i}"`` for the ``i``-th layer (``("dense_0", "relu_1", ...)``). Use it to
-    walk a network's params in order: a dict that has been through ``jit`` or
-    ``jax.tree.map`` comes back with its keys sorted (``"dense_10"`` before ``"dense_2"``).
+    ``"{layer.name}_{i}"`` for the ``i``-th layer (``("dense_0", "relu_1", ...)``): the keys
+    of its params and state (where a layer has them) and of :func:`intermediates`' outputs.
+    Use it to walk a network's params in order (``[k for k in layer_keys(net) if k in
+    params]``): a dict that has been through ``jit`` or ``jax.tree.map`` comes back with its
+    keys sorted (``"dense_10"`` before ``"dense_2"``).
     """
     if not isinstance(layer, Layer) or not layer.children:
         raise TypeError("layer_keys needs a composition (serial or mlp).")
@@ -63,12 +71,12 @@ def _layer_keys(layers: Sequence[Layer], key: PRNGKey | None) -> list[PRNGKey | 
 
 
 def _check_tree(tree: Any, names: tuple[str, ...], what: str, net: str) -> None:
-    if not isinstance(tree, dict) or set(tree) != set(names):
+    if not isinstance(tree, dict) or not set(tree) <= set(names):
         got = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
         raise ValueError(
-            f"{net}: the {what} do not match the network: expected a dict with keys "
-            f"{list(names)}, got {got}. Use the {what} that this network's init returned (or a "
-            f"pytree with the same structure)."
+            f"{net}: the {what} do not match the network: expected a dict whose keys are among "
+            f"{list(names)} (one per layer that has {what}), got {got}. Use the {what} that "
+            f"this network's init returned (or a pytree with the same structure)."
         )
 
 
@@ -95,24 +103,25 @@ def _forward(
     new_state, outputs, backwards = {}, {}, []
     for name, child, k in zip(names, layers, _layer_keys(layers, key), strict=True):
         kw = {a: keywords[a] for a in child.keywords if a in keywords}
+        p, s = params.get(name, {}), state.get(name, {})
         if with_vjp:
-            x, new_state[name], backward = child.vjp(
-                params[name], state[name], x, train=train, key=k, **kw
-            )
+            x, s, backward = child.vjp(p, s, x, train=train, key=k, **kw)
             backwards.append(backward)
         else:
-            x, new_state[name] = child.apply(params[name], state[name], x, train=train, key=k, **kw)
+            x, s = child.apply(p, s, x, train=train, key=k, **kw)
+        if name in state or s != {}:
+            new_state[name] = s
         outputs[name] = x
     return x, new_state, outputs, backwards
 
 
 def _serial_backward(
-    backwards: tuple[Any, ...], dy: Array, *, names: tuple[str, ...]
+    backwards: tuple[Any, ...], dy: Array, *, names: tuple[str, ...], with_params: frozenset[str]
 ) -> tuple[Params, Array]:
     grads = {}
     for name, backward in zip(reversed(names), reversed(backwards), strict=True):
         grads[name], dy = backward(dy)
-    return {name: grads[name] for name in names}, dy
+    return {name: grads[name] for name in names if name in with_params}, dy
 
 
 def serial(*layers: Layer, name: str = "serial") -> Layer:
@@ -144,7 +153,10 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
         params, state = {}, {}
         for k, layer_name, layer in zip(keys, names, layers, strict=True):
             p, s = layer.init(k, shape.shape)
-            params[layer_name], state[layer_name] = p, s
+            if p != {}:
+                params[layer_name] = p
+            if s != {}:
+                state[layer_name] = s
             out, _ = jax.eval_shape(functools.partial(layer.apply, train=False), p, s, shape)
             shape = jax.ShapeDtypeStruct(out.shape, shape.dtype)
         return params, state
@@ -155,7 +167,12 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
 
     def vjp(params, state, x, *, train: bool, key: PRNGKey | None = None, **kw: Any):
         y, new_state, _, backwards = _forward(net, params, state, x, train, key, kw, with_vjp=True)
-        return y, new_state, bind_backward(_serial_backward, tuple(backwards), names=names)
+        with_params = frozenset(params)
+        return (
+            y,
+            new_state,
+            bind_backward(_serial_backward, tuple(backwards), names=names, with_params=with_params),
+        )
 
     net = Layer(
         name,
@@ -222,6 +239,8 @@ def mlp(
     w_init: str | _initializers.Initializer = "glorot_uniform",
     b_init: str | _initializers.Initializer = "zeros",
     param_dtype: Any = None,
+    compute_dtype: Any = None,
+    output_dtype: Any = None,
     batchnorm: bool | dict[str, Any] = False,
     dropout: float = 0.0,
     name: str = "mlp",
@@ -235,6 +254,28 @@ def mlp(
     and its ``β`` takes its place (Ioffe & Szegedy, 2015, §3.2), so its gradient would be
     exactly 0 (PyTorch's and Flax's examples write ``bias=False`` there too).
 
+    **Mixed precision** names its three dtypes as DeepMind's jmp does, ``Policy(param_dtype,
+    compute_dtype, output_dtype)`` (Flax's layers call the first two ``param_dtype`` and
+    ``dtype``). With ``compute_dtype=jnp.bfloat16`` (Micikevicius et al., 2018, "Mixed
+    Precision Training"; bfloat16: Kalamkar et al., 2019, "A Study of BFLOAT16 for Deep
+    Learning Training"):
+
+    * the params stay in ``param_dtype`` (float32): the master weights, which the gradients
+      (returned in float32) and the optimizer update;
+    * every dense layer casts its input and its params to bfloat16 and multiplies there, so
+      the network's input is cast at the first one and every activation between layers is
+      bfloat16; activations and dropout compute in the dtype they receive;
+    * BatchNorm normalises in float32 (statistics, running statistics, gamma, beta) and hands
+      on bfloat16;
+    * the last dense layer casts its output to ``output_dtype`` (default: float32, or the
+      compute dtype if wider), so the final activation and the loss run in float32.
+
+    bfloat16 keeps float32's 8 exponent bits and shortens the significand to 8 bits (unit
+    roundoff 2⁻⁸), so small gradients do not underflow as in float16 (smallest normal 6e-5)
+    and no loss scaling is needed (Kalamkar et al., 2019). ``compute_dtype=None`` (default)
+    casts nothing: everything runs in the params' dtype (with ``output_dtype`` alone, only the
+    output is cast).
+
     Args:
       features: units of each dense layer, e.g. ``[100, 100, 10]``.
       activation: one activation for every hidden layer (the last gets ``final_activation``,
@@ -243,6 +284,10 @@ def mlp(
       final_activation: activation after the last dense layer, when ``activation`` is one.
       use_bias, w_init, b_init, param_dtype: passed to every :func:`~jaxnn.layers.dense`
         (``use_bias`` to those not followed by BatchNorm).
+      compute_dtype: a floating dtype (``jnp.bfloat16`` for mixed precision) passed to every
+        dense and BatchNorm layer; None (default): no cast anywhere.
+      output_dtype: the network output's dtype, cast at the last dense layer (default: with
+        ``compute_dtype``, ``promote(compute_dtype, float32)``; without, no cast).
       batchnorm: put a :func:`~jaxnn.batchnorm.batchnorm` in each hidden layer; a dict passes
         its arguments.
       dropout: put a :func:`~jaxnn.layers.dropout` of this rate (the probability of dropping a
@@ -253,6 +298,7 @@ def mlp(
 
         net = mlp([128, 64, 10], "relu", batchnorm=True, dropout=0.1)
         y, state = net.apply(params, state, x, train=True, key=key, mask=mask)
+        net = mlp([128, 64, 10], "relu", batchnorm=True, compute_dtype=jnp.bfloat16)
     """
     if isinstance(features, int | str) or not isinstance(features, Sequence):
         raise TypeError(
@@ -275,6 +321,12 @@ def mlp(
                 f"mlp: {len(features)} dense layers need {len(features)} activations, got "
                 f"{len(acts)}: {acts}."
             )
+    hint = "Use jnp.bfloat16 for mixed precision (params kept in param_dtype), or None."
+    compute_dtype = ensure_float_dtype(compute_dtype, "mlp: compute_dtype", hint)
+    output_dtype = ensure_float_dtype(output_dtype, "mlp: output_dtype")
+    if output_dtype is None and compute_dtype is not None:
+        output_dtype = jnp.promote_types(compute_dtype, jnp.float32)  # the loss in >= float32
+    dtypes = {"param_dtype": param_dtype, "compute_dtype": compute_dtype}
     bn_kwargs = batchnorm if isinstance(batchnorm, dict) else {}
     drop = _dropout(dropout) if dropout else None  # validates the rate
     layers: list[Layer] = []
@@ -284,11 +336,12 @@ def mlp(
         # §3.2: β takes its role): its exact gradient is 0, and an optimizer that normalises
         # the step (Adam) would turn that gradient's rounding noise into lr-sized updates.
         bias = use_bias and not (batchnorm and hidden)
+        out = None if hidden else output_dtype
         layers.append(
-            dense(f, use_bias=bias, w_init=w_init, b_init=b_init, param_dtype=param_dtype)
+            dense(f, use_bias=bias, w_init=w_init, b_init=b_init, output_dtype=out, **dtypes)
         )
         if batchnorm and hidden:
-            layers.append(_batchnorm(param_dtype=param_dtype, **bn_kwargs))
+            layers.append(_batchnorm(**dtypes, **bn_kwargs))
         layers.append(_activation(a))
         if drop is not None and hidden:
             layers.append(drop)

@@ -10,7 +10,7 @@ Composition (``serial``, ``mlp``) is in :mod:`jaxnn.combinators`, BatchNorm in
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxnn import activations as _activations
 from jaxnn import initializers as _initializers
-from jaxnn._checks import ensure_float, ensure_input_shape, ensure_min_rank
+from jaxnn._checks import ensure_float, ensure_float_dtype, ensure_input_shape, ensure_min_rank
 from jaxnn._typing import Array, ArrayLike, Layer, Params, PRNGKey, Shape, State, bind_backward
 
 __all__ = ["activation", "default_float", "dense", "dropout"]
@@ -67,15 +67,55 @@ def _check_dense_params(params: Any, x: Array, use_bias: bool, name: str) -> Non
         )
 
 
-def _dense_backward(x: Array, w: Array, dy: Array, *, use_bias: bool) -> tuple[Params, Array]:
+class _Casts(NamedTuple):
+    """A dense layer's dtypes under a precision policy (static: bound into its backward)."""
+
+    compute: Any  # x, w and b are cast to it; the matmul runs in it
+    x: Any  # the input's dtype: dx is cast back to it
+    w: Any  # the params' dtypes: dw and db are cast back to them
+    b: Any  # None without a bias
+
+
+def _dense_forward(
+    params: Params, x: Array, use_bias: bool, compute_dtype: Any, output_dtype: Any
+) -> tuple[Array, Array, Array, _Casts | None]:
+    """``(y, x, w, casts)``: the output, and ``x`` and ``w`` as the matmul saw them."""
+    w = params["w"]
+    b = params["b"] if use_bias else None
+    if compute_dtype is None and output_dtype is None:
+        y = x @ w
+        return (y if b is None else y + b), x, w, None
+    operands = (x, w) if b is None else (x, w, b)
+    compute = jnp.dtype(jnp.result_type(*operands) if compute_dtype is None else compute_dtype)
+    casts = _Casts(compute, x.dtype, w.dtype, None if b is None else b.dtype)
+    x, w = x.astype(compute), w.astype(compute)
+    y = x @ w
+    if b is not None:
+        y = y + b.astype(compute)
+    return (y if output_dtype is None else y.astype(output_dtype)), x, w, casts
+
+
+def _dense_backward(
+    x: Array, w: Array, dy: Array, *, use_bias: bool, casts: _Casts | None = None
+) -> tuple[Params, Array]:
     # y = x @ w + b over leading axes [..., in] -> [..., out]:
     #   dw = Σ_batch xᵀ dy,   db = Σ_batch dy,   dx = dy @ wᵀ
+    # Under a policy x and w are the compute-dtype copies; a cast's transpose is the cast
+    # back, so dy enters in the compute dtype and each gradient leaves in its primal's dtype.
+    if casts is not None:
+        dy = dy.astype(casts.compute)
     x2 = x.reshape(-1, x.shape[-1])
     dy2 = dy.reshape(-1, dy.shape[-1])
     grads = {"w": x2.T @ dy2}
     if use_bias:
         grads["b"] = jnp.sum(dy2, axis=0)
-    return grads, dy @ w.T
+    dx = dy @ w.T
+    if casts is not None:
+        grads["w"] = grads["w"].astype(casts.w)
+        if use_bias:
+            grads["b"] = grads["b"].astype(casts.b)
+        dx = dx.astype(casts.x)
+    return grads, dx
 
 
 def dense(
@@ -85,6 +125,8 @@ def dense(
     w_init: str | _initializers.Initializer = "glorot_uniform",
     b_init: str | _initializers.Initializer = "zeros",
     param_dtype: Any = None,
+    compute_dtype: Any = None,
+    output_dtype: Any = None,
     name: str = "dense",
 ) -> Layer:
     """A fully connected layer ``y = x @ w + b``.
@@ -95,12 +137,30 @@ def dense(
 
         dw = xᵀ dy        db = Σ dy        dx = dy wᵀ
 
+    **Precision** follows jmp's ``Policy(param_dtype, compute_dtype, output_dtype)``
+    (DeepMind's mixed-precision library for JAX; Flax's ``Dense(param_dtype=..., dtype=...)``
+    calls the compute dtype ``dtype``). The params are stored in ``param_dtype`` (float32: the
+    master weights the optimizer updates); ``x``, ``w`` and ``b`` are cast to the compute
+    dtype ``c`` and the result to ``output_dtype`` (default ``c``)::
+
+        y = cast_o(cast_c(x) @ cast_c(w) + cast_c(b))
+
+    A cast is linear and its transpose is the cast back, so the backward multiplies in ``c``
+    and returns each gradient in its primal's dtype (float32 ``dw``, ``db`` for bfloat16
+    compute: Micikevicius et al., 2018, "Mixed Precision Training"), as ``jax.grad`` does::
+
+        dy_c = cast_c(dy)    dw = cast_w(cast_c(x)ᵀ dy_c)    db = cast_b(Σ dy_c)
+        dx = cast_x(dy_c cast_c(w)ᵀ)
+
     Args:
       features: ``out``, the number of units.
       use_bias: whether to add ``b``.
       w_init, b_init: initialisers, by name or callable (see :mod:`jaxnn.initializers`).
       param_dtype: dtype of the parameters (default: float64 under ``jax_enable_x64``,
         else float32).
+      compute_dtype: a floating dtype to run the matmul in (``jnp.bfloat16`` for mixed
+        precision); None (default): no cast, ``x @ w + b`` in the dtype JAX promotes to.
+      output_dtype: a floating dtype to cast ``y`` to; None (default): the compute dtype.
       name: the layer's name, used in error messages and as its key inside ``serial``.
 
     Example::
@@ -112,6 +172,10 @@ def dense(
     if isinstance(features, bool) or not (isinstance(features, int | np.integer) and features > 0):
         raise ValueError(f"dense: features must be a positive int, got {features!r}.")
     w_init_fn, b_init_fn = _initializers.get(w_init), _initializers.get(b_init)
+    compute_dtype = ensure_float_dtype(
+        compute_dtype, f"{name}: compute_dtype", "Use jnp.bfloat16 for mixed precision."
+    )
+    output_dtype = ensure_float_dtype(output_dtype, f"{name}: output_dtype")
 
     def init(key: PRNGKey | None, input_shape: Shape) -> tuple[Params, State]:
         shape = ensure_input_shape(input_shape, name)
@@ -124,25 +188,22 @@ def dense(
             params["b"] = b_init_fn(kb, (int(features),), dtype)
         return params, {}
 
+    def forward(params: Params, x: ArrayLike) -> tuple[Array, Array, Array, _Casts | None]:
+        x = ensure_float(x, "x")
+        ensure_min_rank(x, 1, "x", "[..., in_features]")
+        _check_dense_params(params, x, use_bias, name)
+        return _dense_forward(params, x, use_bias, compute_dtype, output_dtype)
+
     def apply(
         params: Params, state: State, x: ArrayLike, *, train: bool, key: PRNGKey | None = None
     ):
         del train, key
-        x = ensure_float(x, "x")
-        ensure_min_rank(x, 1, "x", "[..., in_features]")
-        _check_dense_params(params, x, use_bias, name)
-        y = x @ params["w"]
-        if use_bias:
-            y = y + params["b"]
-        return y, state
+        return forward(params, x)[0], state
 
     def vjp(params: Params, state: State, x: ArrayLike, *, train: bool, key: PRNGKey | None = None):
-        y, state = apply(params, state, x, train=train, key=key)
-        return (
-            y,
-            state,
-            bind_backward(_dense_backward, jnp.asarray(x), params["w"], use_bias=use_bias),
-        )
+        del train, key
+        y, x, w, casts = forward(params, x)
+        return y, state, bind_backward(_dense_backward, x, w, use_bias=use_bias, casts=casts)
 
     return Layer(name, init, apply, vjp)
 

@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from jaxnn import checkpoint as _checkpoint
 from jaxnn import data as _data
+from jaxnn import parallel as _parallel
 from jaxnn.combinators import mlp
 from jaxnn.regularization import l2 as _l2
 from jaxnn.train import TrainState, evaluate, fit
@@ -43,6 +45,7 @@ OPTIMIZERS: dict[str, Callable[[float], optax.GradientTransformation]] = {
     "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
 }
 KEEP = 3  # checkpoints kept
+COMPUTE_DTYPES: dict[str, Any] = {"float32": None, "bfloat16": jnp.bfloat16}  # mlp's compute_dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +69,14 @@ class RunConfig:
     batch_size: int = 32
     grad: str = "autodiff"
     seed: int = 0
+    # "float32": every layer computes in the params' dtype (float32; float64 under
+    # jax_enable_x64). "bfloat16": mixed precision, mlp's compute_dtype (float32 master
+    # weights, bfloat16 matmuls, BatchNorm and the loss in float32).
+    compute_dtype: str = "float32"
+    # Data parallelism (jaxnn.parallel): the state replicated on this many local devices (of
+    # each process, after jax.distributed.initialize), each minibatch split among them. It
+    # changes the order of sums, not the math: a run may resume with another count.
+    devices: int = 1
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -73,8 +84,12 @@ class RunConfig:
         return out
 
     def differences(self, saved: dict[str, Any], ignore: Sequence[str] = ()) -> list[str]:
-        """``"field: saved X, now Y"`` for each field that differs from a saved config."""
-        now = self.to_json()
+        """``"field: saved X, now Y"`` for each field that differs from a saved config.
+
+        A field the saved config lacks (saved before the field existed) counts as its default.
+        """
+        now, default = self.to_json(), type(self)().to_json()
+        saved = {**default, **saved}
         return [
             f"{k}: saved {saved.get(k)!r}, now {now[k]!r}"
             for k in now
@@ -90,11 +105,16 @@ def build(config: RunConfig, splits: _data.Splits) -> tuple[Any, optax.GradientT
         )
     if not (math.isfinite(config.lr) and config.lr > 0):
         raise ValueError(f"lr must be a positive number, got {config.lr!r}.")
+    if config.compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(
+            f"compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got {config.compute_dtype!r}."
+        )
     net = mlp(
         [*config.hidden, splits.num_classes],
         config.activation,
         batchnorm=config.batchnorm,
         dropout=config.dropout,
+        compute_dtype=COMPUTE_DTYPES[config.compute_dtype],
     )
     return net, OPTIMIZERS[config.optimizer](config.lr)
 
@@ -126,6 +146,8 @@ def run(
     say = log or (lambda line: None)
     if resume and checkpoint_dir is None:
         raise ValueError("resume needs a checkpoint folder (--checkpoint DIR).")
+    mesh = _parallel.data_mesh(config.devices, "")  # before the data: a bad count fails fast
+    _parallel.batch_size_per_device(config.batch_size, mesh, "")
     splits = _data.load(config.data, data_dir=config.data_dir, seed=config.seed)
     net, optimizer = build(config, splits)
     penalty = _l2(config.l2) if config.l2 > 0 else None
@@ -133,10 +155,13 @@ def run(
     ts = TrainState.create(
         net, optimizer, jax.random.key(config.seed), (config.batch_size, train.x.shape[1])
     )
+    # On the mesh before a restore: the checkpoint's arrays are restored onto it (any device
+    # count, whatever the count that saved them; with several processes, global arrays).
+    ts = _parallel.replicate(ts, mesh)
     history: list[dict[str, float]] = []
     if resume and _checkpoint.latest_step(checkpoint_dir) is not None:
         restored = _checkpoint.restore(checkpoint_dir, ts)
-        problems = config.differences(restored.config, ignore=("epochs",))
+        problems = config.differences(restored.config, ignore=("epochs", "devices"))
         if problems:
             raise ValueError(
                 f"--resume: the checkpoint in {checkpoint_dir} is of another run "
@@ -166,12 +191,13 @@ def run(
             net, LOSS, optimizer, ts, (train.x, train.y), epochs=remaining,
             batch_size=config.batch_size, validation=(val.x, val.y), grad=config.grad,
             penalty=penalty, history=history, callback=after_epoch, progress=progress,
+            devices=mesh,
         )  # fmt: skip
         ts, history = result.state, result.history
     else:
         say(f"the checkpoint has all {config.epochs} epochs already: evaluating it")
     wall = time.perf_counter() - start
-    scores = evaluate(net, LOSS, ts.params, ts.state, test.x, test.y)
+    scores = evaluate(net, LOSS, ts.params, ts.state, test.x, test.y, devices=mesh)
     trained = history[len(history) - len(records_so_far) :]
     steps_per_epoch = train.x.shape[0] // config.batch_size
     # The first epoch of a process compiles; throughput is measured over the others.
@@ -199,7 +225,7 @@ def run(
         f"test accuracy {scores['accuracy']:.4f}, test loss {scores['loss']:.4f} after "
         f"{len(history)} epochs ({wall:.1f} s)"
     )
-    if out is not None:
+    if out is not None and jax.process_index() == 0:  # several processes: one writes
         _write(Path(out), result_json, say)
     return result_json
 

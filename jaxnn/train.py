@@ -29,6 +29,12 @@ with probability ``(n mod B)/n`` per epoch, not forever (the choice of ``tf.data
 ``drop_remainder`` and of Flax's examples). ``remainder="pad"`` runs one more update on the
 leftover examples, padded to ``B`` and masked out of the loss
 (:func:`jaxnn.losses.masked`) and out of BatchNorm's statistics (its ``mask``).
+
+**Several devices.** :func:`make_epoch`, :func:`fit`, :func:`evaluate` and :func:`predict`
+take ``devices=`` (a number, devices, or a mesh with a ``"batch"`` axis): the state and the
+data are replicated, each minibatch is split over the devices, and ``jit`` adds the
+all-reduces; the gradient and BatchNorm's statistics stay those of the whole minibatch
+(:mod:`jaxnn.parallel`).
 """
 
 from __future__ import annotations
@@ -43,9 +49,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxnn import losses as _losses
 from jaxnn import metrics as _metrics
+from jaxnn import parallel as _parallel
 from jaxnn._checks import all_finite, ensure_input_shape, ensure_positive, is_traced, require
 from jaxnn._typing import Array, ArrayLike, Layer, Params, PRNGKey, State
 from jaxnn.backprop import GRAD_MODES, GradMode, value_and_grad
@@ -82,7 +91,8 @@ def sgd(
       learning_rate: ``η > 0``, or an optax schedule ``step -> η`` (e.g.
         ``optax.exponential_decay(0.1, 1000, 0.5)``), which is checked when it is called.
       trainable: optional ``trainable(path, leaf) -> bool`` (``path`` as in
-        ``jax.tree_util.tree_map_with_path``); leaves for which it is false get a zero update.
+        ``jax.tree_util.tree_map_with_path``, ``leaf`` the gradient, of the parameter's shape
+        and dtype); leaves for which it is false get a zero update.
         E.g. ``lambda path, _: path[-1].key == "w"`` trains the kernels and freezes the biases.
 
     Raises:
@@ -110,12 +120,16 @@ def sgd(
     if trainable is None:
         return inner
 
-    def labels(params: Params) -> Params:
-        return jax.tree_util.tree_map_with_path(
-            lambda path, leaf: "train" if trainable(path, leaf) else "freeze", params
+    # A frozen leaf's gradient is replaced by 0 before the step, so its update is -η·0 = 0
+    # exactly. Stateless: the optimizer state stays sgd's own (optax.multi_transform would
+    # add a state node per label, each carried and flattened at every step).
+    def update(updates, state, params=None):
+        updates = jax.tree_util.tree_map_with_path(
+            lambda path, g: g if trainable(path, g) else jnp.zeros_like(g), updates
         )
+        return inner.update(updates, state, params)
 
-    return optax.multi_transform({"train": inner, "freeze": optax.set_to_zero()}, labels)
+    return optax.GradientTransformation(inner.init, update)
 
 
 def _rate_ok(rate: Array) -> Array:
@@ -288,6 +302,9 @@ def make_train_step(
 ) -> Callable[..., tuple[TrainState, Array]]:
     """A jit-compiled step ``step(ts, x, targets, key=None) -> (new_ts, loss)``.
 
+    ``step.lower(ts, x, targets)`` gives the compiled computation (``jax.stages.Lowered``),
+    e.g. for its HLO or memory analysis.
+
     The step runs the network with ``train=True`` and applies the optimizer's update:
     ``w ← w - η ∂L/∂w`` for ``optax.sgd(η)``. The returned loss is the one of the forward
     pass that produced the gradient (i.e. before the update), penalty included; ``ts.step``
@@ -310,10 +327,29 @@ def make_train_step(
     _check_grad_mode(grad)
     update = _update(layer, _losses.get(loss), optimizer, grad, penalty)
 
-    def step(ts: TrainState, x: ArrayLike, targets: ArrayLike, key: PRNGKey | None = None):
-        return update(ts, jnp.asarray(x), jnp.asarray(targets), key, None)
+    def carry_step(carry: tuple[Any, ...], run_key: PRNGKey | None, x, targets, key):
+        ts, value = update(TrainState(*carry, run_key), jnp.asarray(x), jnp.asarray(targets),
+                           key, None)  # fmt: skip
+        return tuple(ts[:-1]), value
 
-    return jax.jit(step, donate_argnums=(0,) if donate else ())
+    compiled = jax.jit(carry_step, donate_argnums=(0,) if donate else ())
+
+    # The run's key never changes: it goes into the compiled call (only where a layer draws
+    # from it) but does not come out. A typed key among a jitted call's outputs is rebuilt in
+    # Python at every call (~10 µs on a 2-core CPU), and one among its inputs costs ~2 µs.
+    stochastic = layer.stochastic
+
+    def step(ts: TrainState, x: ArrayLike, targets: ArrayLike, key: PRNGKey | None = None):
+        run_key = ts.key if stochastic and key is None else None
+        carry, value = compiled(ts[:-1], run_key, x, targets, key)
+        return TrainState(*carry, ts.key), value
+
+    def lower(ts: TrainState, x: ArrayLike, targets: ArrayLike, key: PRNGKey | None = None):
+        run_key = ts.key if stochastic and key is None else None
+        return compiled.lower(ts[:-1], run_key, x, targets, key)
+
+    step.lower = lower  # the compiled computation, for inspection (HLO, memory)
+    return step
 
 
 def fit_full_batch(
@@ -375,7 +411,6 @@ def _batches(n: int, batch_size: int, remainder: str, who: str) -> tuple[int, in
     return full, (left if remainder == "pad" else 0)
 
 
-@functools.lru_cache(maxsize=64)
 def make_epoch(
     layer: Layer,
     loss: str | _losses.Loss,
@@ -385,6 +420,7 @@ def make_epoch(
     grad: GradMode = "autodiff",
     penalty: Penalty | None = None,
     remainder: Remainder = "drop",
+    devices: _parallel.Devices = None,
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, Array]]:
     """One epoch as one compiled ``lax.scan``: ``epoch(ts, x, targets) -> (ts, losses)``.
 
@@ -393,6 +429,14 @@ def make_epoch(
     ``targets`` on the device. ``ts`` is donated (its buffers hold the new state); ``x`` and
     ``targets`` are not. The ragged last minibatch follows ``remainder`` (module docstring).
 
+    ``devices`` (``None``, a number, devices or a mesh: :func:`jaxnn.parallel.data_mesh`)
+    trains data-parallel: ``ts``, ``x`` and ``targets`` are replicated on the mesh (``jit``
+    copies arrays of one process there; with several processes, place them with
+    :func:`jaxnn.parallel.replicate`), every minibatch (indices, examples, targets, mask) is
+    split over its ``"batch"`` axis, and the new state and the losses come back replicated.
+    ``batch_size`` must be divisible by the number of devices along ``"batch"``. The updates
+    equal one device's to rounding (:mod:`jaxnn.parallel`).
+
     Returns:
       The new state and the loss of each update, ``[updates]`` (penalty included).
 
@@ -400,9 +444,18 @@ def make_epoch(
     options), so calling it again compiles nothing new.
     """
     _check_grad_mode(grad)
-    _positive_int(batch_size, "make_epoch: batch_size")
-    loss = _losses.get(loss)
+    batch_size = _positive_int(batch_size, "make_epoch: batch_size")
+    mesh = _parallel.data_mesh(devices, "make_epoch")
+    _parallel.batch_size_per_device(batch_size, mesh, "make_epoch")
+    return _make_epoch(
+        layer, _losses.get(loss), optimizer, batch_size, grad, penalty, remainder, mesh
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _make_epoch(layer, loss, optimizer, batch_size, grad, penalty, remainder, mesh):
     update = _update(layer, loss, optimizer, grad, penalty)
+    shard = functools.partial(_parallel.shard_batch, mesh=mesh)
 
     def epoch(ts: TrainState, x: Array, targets: Array) -> tuple[TrainState, Array]:
         n = x.shape[0]
@@ -415,18 +468,24 @@ def make_epoch(
             )
         perm = jax.random.permutation(_stream_key(ts, _SHUFFLE_STREAM), n)
 
+        # With a mesh, the indices are split first: each device gathers its own rows from its
+        # replica of the data set (no example crosses devices).
         def body(ts: TrainState, idx: Array) -> tuple[TrainState, Array]:
-            return update(ts, x[idx], targets[idx], None, None)
+            idx = shard(idx)
+            return update(ts, shard(x[idx]), shard(targets[idx]), None, None)
 
         ts, losses = jax.lax.scan(body, ts, perm[: full * batch_size].reshape(full, batch_size))
         if left:
-            idx = jnp.concatenate([perm[full * batch_size :], perm[: batch_size - left]])
-            mask = jnp.arange(batch_size) < left
-            ts, last = update(ts, x[idx], targets[idx], None, mask)
+            idx = shard(jnp.concatenate([perm[full * batch_size :], perm[: batch_size - left]]))
+            mask = shard(jnp.arange(batch_size) < left)
+            ts, last = update(ts, shard(x[idx]), shard(targets[idx]), None, mask)
             losses = jnp.concatenate([losses, last[None]])
         return ts, losses
 
-    return jax.jit(epoch, donate_argnums=(0,))
+    if mesh is None:
+        return jax.jit(epoch, donate_argnums=(0,))
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(epoch, donate_argnums=(0,), in_shardings=replicated, out_shardings=replicated)
 
 
 # ----------------------------------------------------------------------------- eval mode
@@ -445,22 +504,41 @@ def _ensure_pair(x: ArrayLike, targets: ArrayLike, who: str) -> tuple[Array, Arr
 
 
 @functools.lru_cache(maxsize=64)
-def _predictor(layer: Layer, batch_size: int) -> Callable[[Params, State, Array], Array]:
+def _predictor(
+    layer: Layer, batch_size: int, mesh: Mesh | None
+) -> Callable[[Params, State, Array], Array]:
+    d = 1 if mesh is None else mesh.shape[_parallel.BATCH_AXIS]
+
+    def apply(params: Params, state: State, xb: Array) -> Array:
+        return layer.apply(params, state, _parallel.shard_batch(xb, mesh), train=False)[0]
+
     def run(params: Params, state: State, x: Array) -> Array:
         n = x.shape[0]
-        if n <= batch_size:
-            return layer.apply(params, state, x, train=False)[0]
-        batches = -(-n // batch_size)
-        padded = jnp.concatenate([x, jnp.zeros((batches * batch_size - n, *x.shape[1:]), x.dtype)])
-        chunks = padded.reshape(batches, batch_size, *x.shape[1:])
-        y = jax.lax.map(lambda xb: layer.apply(params, state, xb, train=False)[0], chunks)
-        return y.reshape(batches * batch_size, *y.shape[2:])[:n]
+        size = -(-min(batch_size, n) // d) * d  # a chunk: at most batch_size, split d ways
+        if size == n:
+            return apply(params, state, x)
+        batches = -(-n // size)
+        padded = jnp.concatenate([x, jnp.zeros((batches * size - n, *x.shape[1:]), x.dtype)])
+        if batches == 1:
+            return apply(params, state, padded)[:n]
+        chunks = padded.reshape(batches, size, *x.shape[1:])
+        y = jax.lax.map(lambda xb: apply(params, state, xb), chunks)
+        return y.reshape(batches * size, *y.shape[2:])[:n]
 
-    return jax.jit(run)
+    if mesh is None:
+        return jax.jit(run)
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(run, in_shardings=replicated, out_shardings=replicated)
 
 
 def predict(
-    layer: Layer, params: Params, state: State, x: ArrayLike, *, batch_size: int = 1024
+    layer: Layer,
+    params: Params,
+    state: State,
+    x: ArrayLike,
+    *,
+    batch_size: int = 1024,
+    devices: _parallel.Devices = None,
 ) -> Array:
     """The network's outputs in eval mode (``train=False``: BatchNorm's running statistics,
     no dropout), ``batch_size`` examples at a time, jitted.
@@ -468,14 +546,21 @@ def predict(
     In eval mode every example's output depends on that example alone, so batching changes
     nothing but memory: the last batch is padded and the padding's outputs dropped.
 
+    ``devices`` (:func:`jaxnn.parallel.data_mesh`): each batch is split over the mesh's
+    ``"batch"`` axis (its size rounded up to a multiple of the devices), params and state
+    replicated; the outputs come back replicated on every device (and process).
+
     Returns:
       ``[n, ...]``, the outputs of ``layer.apply(params, state, x, train=False)``.
     """
     batch_size = _positive_int(batch_size, "predict: batch_size")
+    mesh = _parallel.data_mesh(devices, "predict")
     x = jnp.asarray(x)
     if x.ndim < 1 or x.shape[0] == 0:
         raise ValueError(f"predict: x must be [examples, ...] with examples > 0, got {x.shape}.")
-    return _predictor(layer, batch_size)(params, state, x)
+    if mesh is not None:
+        params, state, x = _parallel.replicate((params, state, x), mesh)
+    return _predictor(layer, batch_size, mesh)(params, state, x)
 
 
 def evaluate(
@@ -487,8 +572,11 @@ def evaluate(
     targets: ArrayLike,
     *,
     batch_size: int = 1024,
+    devices: _parallel.Devices = None,
 ) -> dict[str, Any]:
     """The loss and, for a classification loss, accuracy and confusion matrix, in eval mode.
+
+    ``devices``: the batches split over a mesh, as :func:`predict`; the scores are the same.
 
     Returns:
       ``{"loss": float, "accuracy": float, "confusion": [[int]]}`` (the last two for the
@@ -497,8 +585,11 @@ def evaluate(
       counts the examples of class ``i`` predicted as ``j``.
     """
     loss = _losses.get(loss)
+    mesh = _parallel.data_mesh(devices, "evaluate")
     x, targets = _ensure_pair(x, targets, "evaluate")
-    y = predict(layer, params, state, x, batch_size=batch_size)
+    if mesh is not None:
+        targets = _parallel.replicate(targets, mesh)
+    y = predict(layer, params, state, x, batch_size=batch_size, devices=mesh)
     return _scores(loss, y, targets)
 
 
@@ -544,10 +635,13 @@ class FitResult(NamedTuple):
 _MONITORS = {"val_loss": min, "val_accuracy": max, "loss": min}
 
 
-@jax.jit
-def _copy(tree: Any) -> Any:
-    """Fresh buffers for every leaf, in one dispatch (a ``tree.map`` is one per leaf)."""
-    return jax.tree.map(jnp.copy, tree)
+@functools.lru_cache(maxsize=16)
+def _copier(mesh: Mesh | None) -> Callable[[Any], Any]:
+    """Fresh buffers for every leaf, in one dispatch (a ``tree.map`` is one per leaf); with a
+    mesh, replicated on it: an epoch's input then has the sharding of its output, so the
+    epoch compiles once (a one-device mesh's copy would otherwise leave the mesh)."""
+    copy = functools.partial(jax.tree.map, jnp.copy)
+    return jax.jit(copy, out_shardings=None if mesh is None else NamedSharding(mesh, P()))
 
 
 def fit(
@@ -569,6 +663,7 @@ def fit(
     history: Sequence[Mapping[str, float]] = (),
     callback: Callable[[int, TrainState, dict[str, float]], None] | None = None,
     progress: bool | None = False,
+    devices: _parallel.Devices = None,
 ) -> FitResult:
     """Train for ``epochs`` epochs of shuffled minibatches; evaluate after each.
 
@@ -603,12 +698,26 @@ def fit(
         or copy it there.
       progress: a tqdm bar over the epochs on stderr with the latest metrics; ``None`` shows
         it only when stderr is a terminal.
+      devices: data parallelism (:mod:`jaxnn.parallel`): ``None`` (JAX's default device), a
+        number ``N`` (the first ``N`` local devices; ``N`` of each process after
+        ``jax.distributed.initialize``), a sequence of devices, or a ``Mesh`` with a
+        ``"batch"`` axis. The state and the data sets are replicated on the mesh once, each
+        minibatch and each evaluation batch is split over ``"batch"``; ``batch_size`` must be
+        divisible by the number of devices. The gradient and BatchNorm's statistics are those
+        of the whole minibatch, so the run equals a one-device run to rounding. ``best``,
+        ``state`` and the callback's ``ts`` are replicated on the mesh.
 
     Returns:
       A :class:`FitResult`.
+
+    Raises:
+      ValueError: a bad argument (its message names it and the fix), e.g. ``batch_size``
+        not divisible by the number of devices, or more devices than a process has.
     """
     epochs = _positive_int(epochs, "fit: epochs")
     batch_size = _positive_int(batch_size, "fit: batch_size")
+    mesh = _parallel.data_mesh(devices, "fit")
+    _parallel.batch_size_per_device(batch_size, mesh, "fit")
     _check_grad_mode(grad)
     loss = _losses.get(loss)
     x, targets = _ensure_pair(*train, "fit: train")
@@ -631,9 +740,14 @@ def fit(
 
     epoch_fn = make_epoch(
         layer, loss, optimizer, batch_size=batch_size, grad=grad, penalty=penalty,
-        remainder=remainder,
+        remainder=remainder, devices=mesh,
     )  # fmt: skip
-    ts = _copy(ts)  # the caller's state survives the donation
+    if mesh is not None:  # once: the epochs and evaluations then find everything in place
+        ts, x, targets = _parallel.replicate((ts, x, targets), mesh)
+        if validation is not None:
+            val = _parallel.replicate(val, mesh)
+    copy = _copier(mesh)
+    ts = copy(ts)  # the caller's state survives the donation
     records = [dict(r) for r in history]
     scored = [r[monitor] for r in records if monitor in r]
     best_value = better(scored) if scored else None
@@ -653,10 +767,10 @@ def fit(
         ts, losses = epoch_fn(ts, x, targets)
         record: dict[str, float] = {"epoch": epoch, "loss": float(jnp.mean(losses))}
         if validation is not None:
-            scores = evaluate(layer, loss, ts.params, ts.state, *val)
+            scores = evaluate(layer, loss, ts.params, ts.state, *val, devices=mesh)
             record.update({f"val_{k}": v for k, v in scores.items() if k != "confusion"})
         if evaluate_train:
-            scores = evaluate(layer, loss, ts.params, ts.state, x, targets)
+            scores = evaluate(layer, loss, ts.params, ts.state, x, targets, devices=mesh)
             record.update({f"train_{k}": v for k, v in scores.items() if k != "confusion"})
         record["seconds"] = time.perf_counter() - start
         records.append(record)
@@ -670,7 +784,7 @@ def fit(
             improved = best_value is None or better(value, best_value) != best_value
         if improved:
             best_value, best_epoch, waited = value, epoch, 0
-            best = _copy(ts)  # the next epoch donates ts's buffers
+            best = copy(ts)  # the next epoch donates ts's buffers
         else:
             waited += 1
         if callback is not None:

@@ -136,10 +136,10 @@ def test_intermediates_are_the_forward_pass_by_name():
     params, state = net.init(jax.random.key(0), (8, 4))
     x = jax.random.normal(jax.random.key(1), (8, 4))
     y, new_state, acts = combinators.intermediates(net, params, state, x, train=True)
-    assert list(acts) == list(params)
+    assert list(acts) == list(combinators.layer_keys(net))
     h = x
-    for name, layer in zip(params, net.children, strict=True):
-        h, _ = layer.apply(params[name], state[name], h, train=True)
+    for name, layer in zip(acts, net.children, strict=True):
+        h, _ = layer.apply(params.get(name, {}), state.get(name, {}), h, train=True)
         np.testing.assert_array_equal(acts[name], h)
     y_apply, s_apply = net.apply(params, state, x, train=True)
     np.testing.assert_array_equal(y, y_apply)
@@ -177,9 +177,10 @@ def test_backward_is_a_pytree_that_crosses_jit_and_does_not_retrace():
 def test_serial_params_are_named_dicts_and_shapes_thread_through():
     net = combinators.mlp([5, 3], "relu", final_activation="softmax")
     params, state = net.init(jax.random.key(0), (7, 4))
-    assert list(params) == ["dense_0", "relu_1", "dense_2", "softmax_3"]
+    # Only layers with arrays have an entry: no empty nodes for activations, no state at all.
+    assert list(params) == ["dense_0", "dense_2"] and state == {}
+    assert combinators.layer_keys(net) == ("dense_0", "relu_1", "dense_2", "softmax_3")
     chex.assert_shape([params["dense_0"]["w"], params["dense_2"]["w"]], [(4, 5), (5, 3)])
-    assert params["relu_1"] == {} and state == {k: {} for k in params}
     y, _ = net.apply(params, state, jnp.ones((7, 4)), train=False)
     chex.assert_shape(y, (7, 3))
     np.testing.assert_allclose(jnp.sum(y, axis=-1), 1.0, rtol=1e-15)
@@ -188,11 +189,13 @@ def test_serial_params_are_named_dicts_and_shapes_thread_through():
 def test_mlp_layout_with_batchnorm_and_dropout():
     net = combinators.mlp([4, 4, 2], "relu", batchnorm=True, dropout=0.1)
     params, state = net.init(jax.random.key(0), (3, 5))
-    assert list(params) == [
+    assert combinators.layer_keys(net) == (
         "dense_0", "batchnorm_1", "relu_2", "dropout_3",
         "dense_4", "batchnorm_5", "relu_6", "dropout_7",
         "dense_8", "identity_9",
-    ]  # fmt: skip
+    )  # fmt: skip
+    assert list(params) == ["dense_0", "batchnorm_1", "dense_4", "batchnorm_5", "dense_8"]
+    assert list(state) == ["batchnorm_1", "batchnorm_5"]
     assert isinstance(state["batchnorm_5"], BatchNormState)
 
 
@@ -257,7 +260,7 @@ def test_layer_keys_give_the_run_order_that_sorted_dicts_lose():
     keys = combinators.layer_keys(net)
     assert keys[:3] == ("dense_0", "relu_1", "dense_2") and len(keys) == 22
     params, _ = net.init(jax.random.key(0), (2, 3))
-    assert set(keys) == set(params)
+    assert set(params) == set(keys[::2])  # the dense layers; activations have no entry
     through_jit = jax.jit(lambda p: p)(params)
     assert list(through_jit) != list(keys)  # sorted: "dense_10" before "dense_2"
     with pytest.raises(TypeError, match="needs a composition"):

@@ -188,7 +188,7 @@ def test_random_identity_stack_is_one_affine_map(depth, widths, n_in, batch, see
     for wl, bl in layers:
         m = m @ np.abs(wl) + np.abs(bl)
     big_k = sum(n + 1 for n in [n_in, *widths][:-1])
-    state = {k: {} for k in params32}
+    state = {}  # no layer of an identity mlp has state
     for dtype, u in ((np.float32, U32), (np.float64, U64)):
         with jax.default_matmul_precision("highest"):
             p = jax.tree.map(lambda a, dtype=dtype: jnp.asarray(a.astype(dtype)), params32)

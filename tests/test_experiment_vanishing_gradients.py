@@ -175,7 +175,7 @@ def _perturbed_loss(net, params, state, x, y, eps):
     h = x
     for i, layer in enumerate(net.children):
         name = f"{layer.name}_{i}"
-        h, _ = layer.apply(params[name], state[name], h, train=True)
+        h, _ = layer.apply(params.get(name, {}), state.get(name, {}), h, train=True)
         if layer.name == "dense":
             h = h + eps[name]
     return losses.get(vg.LOSS).fn(h, y)
