@@ -78,15 +78,27 @@ a 0-row batch included). Under ``jit`` a ``mask`` selecting fewer than two examp
 refused: the statistics stay finite but say nothing, and the checking mode
 (:mod:`jaxnn.checking`) raises.
 
+**Inference statistics as the paper defines them** (Ioffe & Szegedy, 2015, Algorithm 2,
+steps 8–11): after training, run the training network (train mode) over training minibatches
+``B`` of size ``m`` and set, in every BatchNorm layer::
+
+    E[x] = E_B[mean_B]        Var[x] = m/(m - 1) · E_B[var_B]      (var_B biased)
+
+which is the ``"cumulative"`` update started from ``count = 0``, whatever the layer's own
+convention. :func:`population_statistics` computes them for any network and returns the
+state to evaluate with (PyTorch's ``torch.optim.swa_utils.update_bn`` does the same by
+setting ``momentum=None`` and resetting the statistics).
+
 The module is a handful of pure functions — :func:`batch_statistics`, :func:`normalize`,
-:func:`update_running`, the two backwards — and :func:`batchnorm`, which binds a
-configuration to them as a :class:`~jaxnn.Layer`.
+:func:`update_running`, the two backwards — :func:`batchnorm`, which binds a configuration to
+them as a :class:`~jaxnn.Layer`, and :func:`population_statistics`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -101,7 +113,7 @@ from jaxnn._checks import (
     is_traced,
     require,
 )
-from jaxnn._typing import Array, ArrayLike, Layer, Params, PRNGKey, Shape, bind_backward
+from jaxnn._typing import Array, ArrayLike, Layer, Params, PRNGKey, Shape, State, bind_backward
 from jaxnn.layers import default_float
 
 __all__ = [
@@ -111,11 +123,16 @@ __all__ = [
     "batch_statistics",
     "batchnorm",
     "normalize",
+    "population_statistics",
     "update_running",
 ]
 
 CONVENTIONS = ("pytorch", "flax", "cumulative")
 _DEFAULT_MOMENTUM = {"pytorch": 0.1, "flax": 0.99, "cumulative": None}
+# While True, train mode folds each batch into the running statistics by the cumulative rule,
+# whatever a layer's convention (what population_statistics needs). A user context, so it is
+# part of jit's cache key: a function traced outside it is traced again inside it.
+_POPULATION = jax.make_user_context(False)
 
 
 class BatchNormState(NamedTuple):
@@ -475,7 +492,10 @@ def _forward(
                 f"least 2",
                 n=stats.count,
             )
-        new_state = update_running(state, stats, cfg.convention, cfg.momentum)
+        if _POPULATION.value:
+            new_state = update_running(state, stats, "cumulative", None)
+        else:
+            new_state = update_running(state, stats, cfg.convention, cfg.momentum)
         n = stats.count
     else:
         n, new_state = None, state
@@ -569,3 +589,132 @@ def batchnorm(
         return y, new_state, backward
 
     return Layer(name, init, apply, vjp, keywords=("mask",))
+
+
+# ----------------------------------------------------------------------------- Algorithm 2
+
+
+def _is_bn_state(node: Any) -> bool:
+    return isinstance(node, BatchNormState)
+
+
+@functools.lru_cache(maxsize=64)
+def _population_step(net: Layer) -> Any:
+    """``(params, state, x, key, keywords) -> state``: one training-mode pass, jitted once per
+    network (traced inside :data:`_POPULATION`, which is part of the cache key)."""
+
+    @functools.partial(jax.jit, donate_argnums=(1,))
+    def step(params: Params, state: State, x: Array, key: PRNGKey | None, keywords: dict):
+        _, new_state = net.apply(params, state, x, train=True, key=key, **keywords)
+        return new_state
+
+    return step
+
+
+def _input_of(batch: Any, i: int) -> Any:
+    """A batch's input: the batch itself, or the first element of a tuple or list."""
+    if isinstance(batch, tuple | list):
+        if not batch:
+            raise ValueError(
+                f"population_statistics: batch {i} is an empty {type(batch).__name__}; each "
+                f"batch must be an input array x, or a tuple (x, ...) whose first element is x."
+            )
+        return batch[0]
+    return batch
+
+
+def population_statistics(
+    net: Layer,
+    params: Params,
+    state: State,
+    batches: Iterable[Any],
+    *,
+    key: PRNGKey | None = None,
+    **keywords: Any,
+) -> State:
+    """The inference statistics of every BatchNorm layer in ``net``, as Ioffe & Szegedy (2015)
+    define them (Algorithm 2, steps 9–11): ``state`` with each :class:`BatchNormState` set to::
+
+        mean = E_B[mean_B]     var = E_B[m_B/(m_B - 1) · var_B]     count = number of batches
+
+    where ``mean_B`` and ``var_B`` (biased) are the statistics each layer computes of its input
+    on batch ``B`` with the network in train mode (so each layer's input is normalised by the
+    layers before it with their batch statistics, as in training). For batches of one size
+    ``m`` this is the paper's ``Var[x] = m/(m - 1) · E_B[var_B]``. Evaluate with the returned
+    state (``net.apply(params, pop_state, x, train=False)``). The state passed in is not
+    consumed; only its BatchNorm entries change; ``params`` are not changed.
+
+    It is the ``"cumulative"`` convention's update (``running ← running + (batch - running) /
+    count``, unbiased variance) from ``count = 0``, applied to every BatchNorm layer whatever
+    its own convention, in one training-mode pass per batch; the paper runs it once training
+    has finished. Each batch counts once, whatever its size: drop an incomplete last batch
+    to follow the paper (or pass ``mask=`` for padded batches of one shape).
+
+    Args:
+      net: a network (any :class:`~jaxnn.Layer`; BatchNorm layers anywhere inside it).
+      params, state: the trained network's params and state.
+      batches: an iterable of training minibatches, each an input array ``x`` or a tuple
+        ``(x, ...)`` whose first element is ``x`` (targets are ignored), e.g. the minibatches
+        of one epoch without shuffling.
+      key: needed when ``net`` is stochastic (dropout): batch ``i`` gets
+        ``jax.random.fold_in(key, i)``, so dropout is active, as in the training network that
+        Algorithm 2 runs.
+      **keywords: keyword arrays passed to every call (BatchNorm's ``mask``).
+
+    Returns:
+      ``state``'s structure, with every BatchNorm layer's population statistics.
+
+    Raises:
+      ValueError: ``batches`` is empty; ``state`` holds no BatchNorm state; ``net`` is
+        stochastic and ``key`` is None; a batch of one example (no variance to estimate).
+
+    Example::
+
+        trained = fit(net, loss, optimizer, ts, (x, y), epochs=20).state
+        batches = (x[i : i + 64] for i in range(0, len(x) - 63, 64))  # full batches only
+        pop = population_statistics(net, trained.params, trained.state, batches)
+        logits, _ = net.apply(trained.params, pop, x_test, train=False)
+    """
+    if not isinstance(net, Layer):
+        raise TypeError(
+            f"population_statistics: net must be a jaxnn Layer (mlp(...), serial(...)), got "
+            f"{type(net).__name__}."
+        )
+    if not any(_is_bn_state(n) for n in jax.tree.leaves(state, is_leaf=_is_bn_state)):
+        raise ValueError(
+            f"population_statistics: the state of {net.name!r} holds no BatchNormState, so there "
+            f"are no BatchNorm statistics to estimate. Pass the state that the network's init "
+            f"(or training) returned; a network without BatchNorm needs none."
+        )
+    if net.stochastic and key is None:
+        raise ValueError(
+            f"population_statistics: {net.name!r} draws randomness in train mode (dropout), so it "
+            f"needs key=jax.random.key(seed); batch i gets jax.random.fold_in(key, i)."
+        )
+    fresh = jax.tree.map(
+        lambda s: (
+            BatchNormState(jnp.zeros_like(s.mean), jnp.ones_like(s.var), jnp.zeros_like(s.count))
+            if _is_bn_state(s)
+            else s
+        ),
+        state,
+        is_leaf=_is_bn_state,
+    )
+    # The first step donates its state argument: give it copies, never the caller's arrays.
+    current = jax.tree.map(jnp.array, fresh)
+    step = _population_step(net)
+    n = 0
+    with _POPULATION(True):
+        for i, batch in enumerate(batches):
+            k = None if key is None else jax.random.fold_in(key, i)
+            current = step(params, current, _input_of(batch, i), k, keywords)
+            n += 1
+    if n == 0:
+        raise ValueError(
+            "population_statistics: batches is empty; Algorithm 2 averages the statistics of "
+            "at least one training minibatch. Pass an iterable of input arrays (a generator "
+            "is consumed once: make a new one for each call)."
+        )
+    return jax.tree.map(
+        lambda old, new: new if _is_bn_state(old) else old, state, current, is_leaf=_is_bn_state
+    )

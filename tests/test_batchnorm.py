@@ -18,7 +18,8 @@ from numerics import RTOL, norm_rel_err
 
 from jaxnn import combinators
 from jaxnn.backprop import manual
-from jaxnn.batchnorm import BatchNormState, batchnorm
+from jaxnn.batchnorm import BatchNormState, batchnorm, population_statistics
+from jaxnn.layers import activation, dense, dropout
 from jaxnn.train import TrainState, fit_full_batch, make_train_step
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -382,3 +383,190 @@ def test_a_variance_beyond_float32_saturates_the_running_state_finitely():
     _, new_state = layer.apply(params, state, x, train=True)
     fmax = float(np.finfo(np.float32).max)
     np.testing.assert_allclose(np.asarray(new_state.var), 0.9 + 0.1 * fmax, rtol=1e-6)
+
+
+# ------------------------------------------------- population statistics (Algorithm 2)
+
+# Ioffe & Szegedy (2015), Algorithm 2: E[x] = E_B[mean_B], Var[x] = m/(m - 1) E_B[var_B], the
+# statistics of each BatchNorm layer's input with the network in train mode. Computed here by
+# hand in numpy, float64: every quantity passes through fewer than 64 roundings (sums of at
+# most 7 * 3 terms, a two-pass variance, one sigmoid/tanh, an average over 5 batches) with
+# O(1) condition (the data and weights are standard normal draws, |mean| ~ std), so the two
+# computations agree to 64 * 2u ≈ 1.4e-14 relative; POP_RTOL allows a factor 5 over that.
+POP_RTOL = 64 * 2 * np.finfo(np.float64).eps / 2 * 5
+EPS = 1e-5
+
+
+def _sigmoid(v):
+    return 1 / (1 + np.exp(-v))
+
+
+def _population_network(convention):
+    """dense -> BN -> sigmoid -> dense -> BN -> tanh -> dense, the first pair nested."""
+    bn = {"convention": convention, "eps": EPS}
+    return combinators.serial(
+        combinators.serial(dense(4), batchnorm(**bn), name="block"),
+        activation("sigmoid"),
+        dense(3),
+        batchnorm(**bn),
+        activation("tanh"),
+        dense(2),
+    )
+
+
+def _population_params(net, rng):
+    """The network's params, every leaf (γ and β included) drawn from N(1, 0.5²) / N(0, 1)."""
+    params, state = net.init(jax.random.key(0), (7, 3))
+
+    def draw(path, leaf):
+        name = jax.tree_util.keystr(path)
+        loc = 1.0 if "gamma" in name else 0.0
+        return jnp.asarray(rng.normal(loc, 0.5 if "gamma" in name else 1.0, leaf.shape))
+
+    return jax.tree_util.tree_map_with_path(draw, params), state
+
+
+def _hand_forward(params, x, stats=None):
+    """The network by hand in numpy: train mode (batch statistics, returned) or, with
+    ``stats``, Algorithm 2's inference transform y = γ/√(Var+ε) x + (β - γ E/√(Var+ε))."""
+    p = jax.tree.map(np.asarray, params)
+    layers = [
+        (p["block_0"]["dense_0"], p["block_0"]["batchnorm_1"], _sigmoid),
+        (p["dense_2"], p["batchnorm_3"], np.tanh),
+    ]
+    h, batch_stats = x, []
+    for k, (d, bn, act) in enumerate(layers):
+        z = h @ d["w"] + d["b"]
+        if stats is None:
+            mean, var = z.mean(0), z.var(0)  # biased
+            batch_stats.append((mean, var))
+            y = bn["gamma"] * (z - mean) / np.sqrt(var + EPS) + bn["beta"]
+        else:
+            e, v = stats[k]
+            scale = bn["gamma"] / np.sqrt(v + EPS)
+            y = scale * z + (bn["beta"] - scale * e)
+        h = act(y)
+    return h @ p["dense_5"]["w"] + p["dense_5"]["b"], batch_stats
+
+
+@pytest.mark.parametrize("convention", ["pytorch", "flax", "cumulative"])
+def test_population_statistics_equal_algorithm_2_by_hand(convention):
+
+    rng = np.random.default_rng(0)
+    net = _population_network(convention)
+    params, state = _population_params(net, rng)
+    k, m = 5, 7
+    batches = rng.normal(0.5, 2.0, (k, m, 3))
+    # The state passed in holds trained running statistics: they must not enter the result.
+    state = jax.tree.map(lambda a: a + 3 if a.dtype != jnp.int32 else a + 11, state)
+    before = jax.tree.map(np.array, (params, state))
+
+    pop = population_statistics(net, params, state, iter(list(batches)))
+
+    per_batch = [_hand_forward(params, xb)[1] for xb in batches]
+    expected = [
+        (
+            np.mean([b[layer][0] for b in per_batch], 0),
+            m / (m - 1) * np.mean([b[layer][1] for b in per_batch], 0),
+        )
+        for layer in range(2)
+    ]
+    got = [pop["block_0"]["batchnorm_1"], pop["batchnorm_3"]]
+    for (e, v), s in zip(expected, got, strict=True):
+        assert isinstance(s, BatchNormState)
+        np.testing.assert_allclose(s.mean, e, rtol=POP_RTOL, atol=POP_RTOL * np.max(np.abs(e)))
+        np.testing.assert_allclose(s.var, v, rtol=POP_RTOL)
+        assert int(s.count) == k
+    # Evaluating with them is Algorithm 2's inference network (step 11), by hand.
+    x_test = rng.normal(0.5, 2.0, (9, 3))
+    y, _ = net.apply(params, pop, x_test, train=False)
+    y_hand, _ = _hand_forward(params, x_test, expected)
+    assert norm_rel_err(y, y_hand) <= POP_RTOL
+    # Nothing passed in changed.
+    chex.assert_trees_all_equal(jax.tree.map(np.array, (params, state)), before)
+
+
+def test_population_statistics_take_tuples_masks_and_channels_last():
+
+    rng = np.random.default_rng(1)
+    # Channels last: [batch, positions, channels], statistics over batch and positions, so a
+    # batch of m examples gives n = 4m values per channel (the paper's m' = |B| p q, §3.2).
+    net = combinators.serial(batchnorm(axis=-1), activation("relu"))
+    params, state = net.init(None, (5, 4, 2))
+    xs = rng.normal(3.0, 2.0, (3, 5, 4, 2))
+    labels = np.zeros(5)
+    examples = np.asarray([True, True, False, True, True])  # 4 examples count, n = 16
+    mask = jnp.asarray(np.repeat(examples[:, None], 4, axis=1))  # the reduced axes' shape
+    pop = population_statistics(net, params, state, ((x, labels) for x in xs), mask=mask)
+    sel = xs[:, examples]  # [3, 4, 4, 2]
+    n = sel.shape[1] * sel.shape[2]
+    mean = sel.mean(axis=(1, 2)).mean(0)
+    var = n / (n - 1) * sel.var(axis=(1, 2)).mean(0)
+    np.testing.assert_allclose(pop["batchnorm_0"].mean, mean, rtol=POP_RTOL)
+    np.testing.assert_allclose(pop["batchnorm_0"].var, var, rtol=POP_RTOL)
+
+
+def test_population_statistics_with_dropout_use_one_key_per_batch():
+
+    rng = np.random.default_rng(2)
+    net = combinators.serial(dense(6), dropout(0.5), dense(4), batchnorm(), activation("relu"))
+    params, state = net.init(jax.random.key(0), (8, 3))
+    xs = rng.normal(size=(4, 8, 3))
+    with pytest.raises(ValueError, match="needs key="):
+        population_statistics(net, params, state, xs)
+    key = jax.random.key(7)
+    pop = population_statistics(net, params, state, xs, key=key)
+    # Batch i runs in train mode with key fold_in(key, i): dropout active. The BN input read
+    # with intermediates under that key, then Algorithm 2 by hand.
+    inputs = [
+        np.asarray(
+            combinators.intermediates(
+                net, params, state, x, train=True, key=jax.random.fold_in(key, i)
+            )[2]["dense_2"]
+        )
+        for i, x in enumerate(xs)
+    ]
+    mean = np.mean([z.mean(0) for z in inputs], 0)
+    var = 8 / 7 * np.mean([z.var(0) for z in inputs], 0)
+    np.testing.assert_allclose(pop["batchnorm_3"].mean, mean, rtol=POP_RTOL, atol=1e-15)
+    np.testing.assert_allclose(pop["batchnorm_3"].var, var, rtol=POP_RTOL)
+    without_dropout = [np.asarray(x @ params["dense_0"]["w"] + params["dense_0"]["b"]) for x in xs]
+    assert not np.allclose(inputs[0], without_dropout[0] @ np.asarray(params["dense_2"]["w"]))
+    other = population_statistics(net, params, state, xs, key=jax.random.key(8))
+    assert not np.allclose(other["batchnorm_3"].var, pop["batchnorm_3"].var)
+
+
+def test_population_statistics_leave_the_layer_convention_alone_under_jit():
+    # The population mode is part of jit's cache key: a train step traced before and called
+    # after population_statistics still updates by the layer's own convention.
+
+    net = combinators.serial(dense(3), batchnorm(convention="pytorch", momentum=0.1))
+    params, state = net.init(jax.random.key(0), (6, 2))
+    x = jax.random.normal(jax.random.key(1), (6, 2))
+    train = jax.jit(lambda p, s, x: net.apply(p, s, x, train=True)[1])
+    before = train(params, state, x)
+    pop = population_statistics(net, params, state, [x])
+    after = train(params, state, x)
+    chex.assert_trees_all_equal(before, after)
+    z = np.asarray(x @ params["dense_0"]["w"] + params["dense_0"]["b"])
+    np.testing.assert_allclose(after["batchnorm_1"].mean, 0.1 * z.mean(0), rtol=POP_RTOL)
+    np.testing.assert_allclose(pop["batchnorm_1"].mean, z.mean(0), rtol=POP_RTOL)
+
+
+def test_population_statistics_bad_input():
+
+    net = combinators.serial(dense(3), batchnorm())
+    params, state = net.init(jax.random.key(0), (4, 2))
+    x = jnp.ones((4, 2))
+    with pytest.raises(ValueError, match="batches is empty"):
+        population_statistics(net, params, state, [])
+    with pytest.raises(ValueError, match="more than one value per feature"):
+        population_statistics(net, params, state, [jnp.ones((1, 2))])
+    with pytest.raises(ValueError, match="empty tuple"):
+        population_statistics(net, params, state, [()])
+    plain = combinators.serial(dense(3), activation("relu"))
+    p2, s2 = plain.init(jax.random.key(0), (4, 2))
+    with pytest.raises(ValueError, match="holds no BatchNormState"):
+        population_statistics(plain, p2, s2, [x])
+    with pytest.raises(TypeError, match="must be a jaxnn Layer"):
+        population_statistics(lambda x: x, params, state, [x])

@@ -191,6 +191,51 @@ def test_saturation_wide_sample(sat):
     )
 
 
+def test_saturation_normalised_values_are_standardised_not_in_the_unit_interval(sat):
+    # The pair: a batch of two is standardised to ±15/√(225 + ε): one of the two lies in [0, 1].
+    for dt in ("float32", "float64"):
+        pair = sat["pair"][dt]["bn"]["landing"]
+        assert pair["fraction_in_unit_interval"] == 0.5
+        assert abs(pair["mean"]) <= 1e-6 and _close(pair["var"], 225 / (225 + saturation.EPS), 1e-6)
+    # The sample, standardised here in float64 numpy: the same fraction, mean 0, variance 1.
+    x = saturation.inputs()["sample"]["x"]
+    x_hat = (x - x.mean()) / np.sqrt(x.var() + saturation.EPS)
+    expected = float(np.mean((x_hat >= 0) & (x_hat <= 1)))
+    for dt, u in (("float32", 2.0**-24), ("float64", 2.0**-53)):
+        landing = sat["sample"][dt]["bn"]["landing"]
+        assert landing["fraction_in_unit_interval"] == expected
+        # Each x̂ errs by the batch mean's error (a sum of n terms: γ_n max|x|) and its own
+        # few roundings, over the std: (n + 8) u max|x| / std; the variance by twice that.
+        tol = (len(x) + 8) * u * np.max(np.abs(x)) / np.std(x)
+        assert abs(landing["mean"]) <= tol and abs(landing["var"] - np.var(x_hat)) <= 2 * tol
+    # P(0 <= Z <= 1) = Φ(1) - Φ(0), from math.erf; a sample of n = 1000 standard normals hits
+    # it with a binomial standard error √(p(1 - p)/n) ≈ 0.015: within 4 of them.
+    p = 0.5 * math.erf(1 / math.sqrt(2))
+    assert sat["normal_in_unit_interval"] == p and abs(p - 0.34134474606854293) < 1e-15
+    assert abs(expected - p) <= 4 * math.sqrt(p * (1 - p) / saturation.SAMPLE_SIZE)
+
+
+def test_saturation_trained_network_landing_and_the_unit_interval_verdict(sat):
+    trained = sat["trained"]
+    assert set(trained["layers"]) == {"batchnorm_1", "batchnorm_4", "batchnorm_7"}
+    assert 0.9 <= trained["test_accuracy"] <= 1
+    fractions = []
+    for layer in trained["layers"].values():
+        for part in ("x_hat_landing", "y_landing"):
+            fractions.append(layer[part]["fraction_in_unit_interval"])
+            assert 0 <= fractions[-1] <= 1
+        # The sigmoid's output is in (0, 1): the interval the source text names.
+        assert layer["sigmoid_landing"]["fraction_in_unit_interval"] == 1.0
+        lo, mean, hi = layer["gamma_min_mean_max"]
+        assert lo <= mean <= hi
+    claim = sat["claims"][-1]
+    fractions.append(sat["sample"]["float32"]["bn"]["landing"]["fraction_in_unit_interval"])
+    assert claim["holds"] is all(f == 1.0 for f in fractions)
+    assert claim["rule"] == saturation.RULES["claim_unit_interval"]
+    assert sat["reading"] == saturation.READING
+    assert "Where the normalised values land" in saturation.report(sat)
+
+
 # ----------------------------------------------------------------------------- Ioffe
 
 
@@ -206,7 +251,11 @@ def test_ioffe_fields(fig1):
     assert [c["holds"] for c in fig1["claims"]] == [
         fig1["decisions"]["claim_1"]["holds"],
         fig1["decisions"]["claim_2"]["holds"],
+        fig1["decisions"]["claim_2_population"]["holds"],
     ]
+    # Claim 2 is decided twice by one rule: the population verdict's rule names claim 2's.
+    assert fig1["claims"][2]["rule"].startswith("claim_2's rule, unchanged")
+    assert fig1["setup"]["population_batches"] == 1347 // ioffe.BATCH
     assert fig1["labels"] == ioffe.LABELS
     assert fig1["setup"]["split"] == {
         "train": 1347,
@@ -219,6 +268,10 @@ def test_ioffe_fields(fig1):
         assert run["step"] == [0, 100, 200, 300]
         assert all(0 <= a <= 1 for a in run["test_accuracy"])
         assert all(p[0] <= p[1] <= p[2] for p in run["percentiles"])
+    bn = fig1["runs"]["bn"]
+    assert len(bn["percentiles_population"]) == len(bn["test_accuracy_population"]) == 4
+    assert all(p[0] <= p[1] <= p[2] for p in bn["percentiles_population"])
+    assert "percentiles_population" not in fig1["runs"]["plain"]
     # Same initial dense weights: at step 0 BN (eval mode, mean 0, var 1) only divides by
     # sqrt(1 + eps), so the tracked input's percentiles agree.
     np.testing.assert_allclose(
@@ -304,8 +357,18 @@ def test_ioffe_verdicts_follow_from_the_numbers(fig1):
         )
     assert list(c2["plain"]["movement_over_spread"]) == ["p15", "p50", "p85"]
     assert c2["holds"] is bool(np.all(ratios["bn"] < ratios["plain"]))
+    # The same rule with the BN network's Algorithm 2 percentiles, against the same plain ones.
+    c2p = fig1["decisions"]["claim_2_population"]
+    population = _movement_over_spread(runs["bn"]["percentiles_population"])
+    np.testing.assert_allclose(
+        list(c2p["bn_population"]["movement_over_spread"].values()), population, rtol=1e-9
+    )
+    assert c2p["plain"] == c2["plain"]
+    assert c2p["holds"] is bool(np.all(population < ratios["plain"]))
+    assert c2p["final_accuracy_population"] == runs["bn"]["test_accuracy_population"][-1]
     report = ioffe.report(fig1).splitlines()
-    for claim, verdict in (("claim_1", holds), ("claim_2", c2["holds"])):
+    verdicts = (("claim_1", holds), ("claim_2", c2["holds"]), ("claim_2_population", c2p["holds"]))
+    for claim, verdict in verdicts:
         assert f"{ioffe.LABELS[claim]}: {'HOLDS' if verdict else 'DOES NOT HOLD'}" in report
     # The sweep's verdicts follow from the numbers it records.
     for v in fig1["learning_rate_sweep"].values():
@@ -314,6 +377,9 @@ def test_ioffe_verdicts_follow_from_the_numbers(fig1):
         assert v["claim_1_holds"] is (fewer and f["bn"] >= f["plain"])
         ms = v["movement_over_spread"]
         assert v["claim_2_holds"] is all(ms["bn"][q] < ms["plain"][q] for q in ms["bn"])
+        assert v["claim_2_population_holds"] is all(
+            ms["bn_population"][q] < ms["plain"][q] for q in ms["bn"]
+        )
     assert fig1["learning_rate_sweep"]["0.5"]["claim_1_holds"] is c1["holds"]
 
 
