@@ -285,6 +285,8 @@ def trained() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         ts = TrainState.create(
             net, optimizer, jax.random.key(cfg["seed"]), (m, data.train.x.shape[1])
         )
+        bar = iter(common.progress(range(cfg["epochs"] + 1), "trained network", unit="epoch"))
+        next(bar)
         result = fit(
             net,
             cfg["loss"],
@@ -293,7 +295,9 @@ def trained() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             (data.train.x, data.train.y),
             epochs=cfg["epochs"],
             batch_size=m,
+            callback=lambda *_: next(bar, None),
         )
+        next(bar, None)  # the iterator ends: the bar is erased
         params, state = result.state.params, result.state.state
         x = data.train.x
         batches = [x[i : i + m] for i in range(0, len(x) - m + 1, m)]  # full batches only

@@ -33,9 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import jaxnn
-from jaxnn.parallel import data_mesh, replicate
+from jaxnn.batchnorm import population_statistics
+from jaxnn.parallel import BATCH_AXIS, data_mesh, replicate
 from jaxnn.train import TrainState, fit, make_epoch, predict
 
 # Tolerance. The 4-device run adds the same terms as the 1-device run in another order: the
@@ -101,12 +104,12 @@ def check_fit():
         close(four.state.params, one.state.params, f"{grad}: final params")
         close(four.state.state, one.state.state, f"{grad}: final BatchNorm running statistics")
         close(four.state.opt_state, one.state.opt_state, f"{grad}: final momentum")
-        runs[grad] = (net, ts, one)
+        runs[grad] = (net, ts, one, four)
 
     # The minibatch is split: 4 rows of the 16 per device, and all-reduces that sum the
     # gradient and BatchNorm's statistics; the same checks fail for the one-device epoch.
     # (fit compiled these epochs for arguments placed so: lowering them compiles nothing new.)
-    net, ts, reference = runs["autodiff"]
+    net, ts, reference, _ = runs["autodiff"]
     for devices, rows, reduces in ((4, 4, True), (1, 16, False)):
         epoch = make_epoch(net, CE, opt, batch_size=B, remainder="pad", devices=devices)
         placed = replicate((ts, jnp.asarray(x), jnp.asarray(y)), data_mesh(devices))
@@ -123,6 +126,20 @@ def check_fit():
     assert y_four.sharding.is_fully_replicated and len(y_four.sharding.device_set) == 4
     close(y_four, predict(net, reference.state.params, reference.state.state, x[:30]),
           "predict on 4 devices, batches of 7 (padded to 8)")  # fmt: skip
+    # Algorithm 2's statistics of the 4-device runs' replicated states, each batch split over
+    # the devices, equal those of the 1-device runs (the same sums in another order).
+    split = NamedSharding(data_mesh(4), P(BATCH_AXIS))
+    batches = [x[i : i + B] for i in range(0, 64, B)]
+    for grad, (pnet, _, one, four) in runs.items():
+        key = jax.random.key(3) if pnet.stochastic else None
+        pop_one = population_statistics(pnet, one.state.params, one.state.state, batches, key=key)
+        pop_four = population_statistics(
+            pnet, four.state.params, four.state.state,
+            [jax.device_put(b, split) for b in batches], key=key,
+        )  # fmt: skip
+        leaf = jax.tree.leaves(pop_four)[0]
+        assert len(leaf.sharding.device_set) == 4 and leaf.sharding.is_fully_replicated
+        close(pop_four, pop_one, f"{grad}: population statistics on 4 devices")
     try:
         fit(net, CE, opt, ts, (x, y), epochs=1, batch_size=18, devices=4)
     except ValueError as e:

@@ -319,6 +319,57 @@ def test_ioffe_tracks_the_input_of_the_last_hidden_sigmoid(fig1):
     np.testing.assert_allclose(fig1["runs"]["plain"]["percentiles"][0], expected, rtol=0, atol=err)
 
 
+def test_ioffe_population_percentiles_at_step_0_are_algorithm_2s(fig1):
+    # Algorithm 2 at step 0, by hand in float64 numpy: the BN network's initial weights (γ = 1,
+    # β = 0); train-mode passes over the first epoch's minibatches give each layer's batch mean
+    # and biased variance; E = their mean, Var = m/(m - 1) their mean; the test set through
+    # y = (z - E)/√(Var + ε) and the sigmoids; the percentiles of unit UNIT of batchnorm_7.
+    # A worst-case float32 error bound through three BN + sigmoid layers is useless here (it
+    # grows by ~300 a layer: 1/std ≈ 7, and |z - E|/std ≈ 4 twice through the variance), so
+    # the test compares instead: the recorded percentiles are nearer Algorithm 2's values than
+    # to those of the nearest wrong readings (the biased variance, or a single batch's
+    # statistics), which differ from them by 7e-4 to 0.12 here (float32 against float64:
+    # 5e-7).
+    with jax.enable_x64(False):
+        params = ioffe.networks(64)["bn"].params
+    kernels = [np.asarray(params[d]["w"], np.float64) for d in ("dense_0", "dense_3", "dense_6")]
+    data = ioffe.digits()
+    idx = ioffe._batches(len(data["x_train"]), ioffe.POPULATION_BATCHES)
+    batches = data["x_train"][idx].astype(np.float64)  # [K, m, 64]
+    m = batches.shape[1]
+    eps = ioffe.BATCHNORM["eps"]
+
+    def sigmoid(v):
+        return 1 / (1 + np.exp(-v))
+
+    means, variances = [[] for _ in kernels], [[] for _ in kernels]
+    for xb in batches:
+        h = xb
+        for k, w in enumerate(kernels):
+            z = h @ w
+            means[k].append(z.mean(0))
+            variances[k].append(z.var(0))
+            h = sigmoid((z - z.mean(0)) / np.sqrt(z.var(0) + eps))
+
+    def percentiles(mean, var):
+        h = np.asarray(data["x_test"], np.float64)
+        for k, w in enumerate(kernels):
+            y = (h @ w - mean[k]) / np.sqrt(var[k] + eps)
+            h = sigmoid(y)
+        return np.percentile(y[:, ioffe.UNIT], ioffe.PERCENTILES)
+
+    e = [np.mean(a, 0) for a in means]
+    biased = [np.mean(a, 0) for a in variances]
+    expected = percentiles(e, [m / (m - 1) * v for v in biased])
+    wrong = {
+        "biased variance": percentiles(e, biased),
+        "one batch": percentiles([a[0] for a in means], [m / (m - 1) * a[0] for a in variances]),
+    }
+    got = np.asarray(fig1["runs"]["bn"]["percentiles_population"][0])
+    for name, other in wrong.items():
+        assert np.all(np.abs(got - expected) < np.abs(got - other)), name
+
+
 def _claim1(plain_acc, bn_acc, steps, target):
     def first(acc):
         return next((s for s, a in zip(steps, acc, strict=True) if a >= target), None)
