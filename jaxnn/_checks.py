@@ -135,7 +135,8 @@ def all_finite(tree: Any) -> jax.Array:
 
 
 def ensure_float_dtype(dtype: Any, name: str, hint: str = "") -> np.dtype | None:
-    """``dtype`` as a NumPy dtype, refusing one that is not floating-point; None stays None."""
+    """``dtype`` as a NumPy dtype, refusing one that is not floating-point, and float16
+    (:func:`refuse_float16`); None stays None."""
     if dtype is None:
         return None
     try:
@@ -145,7 +146,48 @@ def ensure_float_dtype(dtype: Any, name: str, hint: str = "") -> np.dtype | None
     if dt is None or not jnp.issubdtype(dt, jnp.floating):
         got = f"dtype {dt}" if dt is not None else f"{type(dtype).__name__} {dtype!r}"
         raise TypeError(
-            f"{name} must be a floating-point dtype (jnp.bfloat16, jnp.float16, jnp.float32 or "
-            f"jnp.float64) or None, got {got}.{' ' + hint if hint else ''}"
+            f"{name} must be a floating-point dtype (jnp.bfloat16, jnp.float32 or jnp.float64) "
+            f"or None, got {got}.{' ' + hint if hint else ''}"
         )
+    refuse_float16(dt, name)
     return dt
+
+
+def refuse_float16(dtype: Any, name: str) -> None:
+    """Refuse float16 (IEEE half precision) with the reason; any other dtype passes.
+
+    float16 has 5 exponent bits: its largest finite value is 65504 and its smallest normal
+    ``2⁻¹⁴ ≈ 6.1e-5`` (subnormals reach ``6e-8``), so activations overflow to inf and small
+    gradients, and Adam's ``eps = 1e-8``, underflow to 0. Training in it needs loss scaling
+    (Micikevicius et al., 2018), which jaxnn does not do. bfloat16 keeps float32's 8
+    exponent bits (range ``1e-38`` to ``3e38``) and needs none.
+
+    Args:
+      dtype: a dtype (``jnp.float16``, ``"float16"``, ``x.dtype``) or an array, whose dtype is
+        read; what ``jnp.dtype`` cannot read passes (the caller's own check reports it).
+      name: what ``dtype`` is, for the message (``"dense: param_dtype"``).
+
+    Raises:
+      TypeError: ``dtype`` is float16, or an array of float16.
+    """
+    if isinstance(getattr(dtype, "dtype", None), np.dtype):
+        dtype = dtype.dtype  # an array (a scalar type's .dtype is a descriptor, not a dtype)
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError:
+        return
+    if dt == jnp.float16:
+        raise TypeError(
+            f"{name} is float16, which jaxnn refuses: float16's largest finite value is 65504 "
+            f"and its smallest normal 6.1e-5, so activations overflow to inf and small "
+            f"gradients (and Adam's eps=1e-8) underflow to 0 without loss scaling, which jaxnn "
+            f"does not do. Use jnp.bfloat16 (float32's exponent range) for mixed precision, "
+            f"jnp.float32 or jnp.float64 otherwise."
+        )
+
+
+# The fix for a param_dtype that is not floating (dense, batchnorm, mlp).
+PARAM_DTYPE_HINT = (
+    "Params are what the gradients update: use jnp.float32 (the master weights under mixed "
+    "precision) or jnp.float64."
+)

@@ -103,9 +103,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxnn._checks import (
+    PARAM_DTYPE_HINT,
     ensure_float,
     ensure_float_dtype,
     ensure_input_shape,
@@ -544,6 +546,10 @@ def batchnorm(
         docstring, *Mixed precision*). None (default): the input's dtype.
       name: the layer's name.
 
+    float16 is refused as ``param_dtype`` and ``compute_dtype``
+    (:func:`jaxnn._checks.refuse_float16`: without loss scaling its range overflows and
+    underflows); an input ``x`` in float16 is accepted, its statistics taken in float32.
+
     The layer's ``apply`` and ``vjp`` take an extra keyword ``mask``: a boolean array of the
     reduced axes' shape (e.g. ``[batch]``) marking the examples that count in the statistics
     (padding excluded); every example is still normalised. A mask that selects fewer than two
@@ -552,6 +558,7 @@ def batchnorm(
 
     Raises:
       ValueError: unknown convention; ``eps <= 0``; momentum outside its convention's range.
+      TypeError: a ``param_dtype`` or ``compute_dtype`` that is not floating, or is float16.
     """
     momentum = _check_momentum(convention, momentum)
     ensure_positive(eps, f"{name}: eps")
@@ -561,6 +568,7 @@ def batchnorm(
     compute_dtype = ensure_float_dtype(
         compute_dtype, f"{name}: compute_dtype", "Use jnp.bfloat16 for mixed precision."
     )
+    param_dtype = ensure_float_dtype(param_dtype, f"{name}: param_dtype", PARAM_DTYPE_HINT)
     cfg = _Config(
         name, convention, momentum, float(eps), axes, axis_name, param_dtype, compute_dtype
     )
@@ -570,7 +578,7 @@ def batchnorm(
         shape = ensure_input_shape(input_shape, name)
         feat, _ = _layout(cfg, len(shape))
         fshape = tuple(shape[a] for a in feat)
-        dtype = param_dtype or default_float()
+        dtype = default_float() if param_dtype is None else param_dtype
         params = {"gamma": jnp.ones(fshape, dtype), "beta": jnp.zeros(fshape, dtype)}
         state = BatchNormState(
             jnp.zeros(fshape, dtype), jnp.ones(fshape, dtype), jnp.zeros((), jnp.int32)
@@ -623,6 +631,92 @@ def _input_of(batch: Any, i: int) -> Any:
     return batch
 
 
+@functools.partial(jax.jit, static_argnums=(2,))
+def _nonfinite_count(x: Array, mask: Array | None, mask_ndim: int) -> tuple[Array, Array]:
+    """``(count, first flat index)`` of the non-finite values of ``x`` that the statistics
+    use (with a ``mask`` over x's leading axes, those of the selected examples)."""
+    bad = ~jnp.isfinite(x)
+    if mask is not None:
+        bad = bad & mask.reshape(mask.shape + (1,) * (x.ndim - mask_ndim))
+    return jnp.sum(bad, dtype=jnp.int32), jnp.argmax(bad.reshape(-1)).astype(jnp.int32)
+
+
+def _finite_input_check(x: Any, mask: np.ndarray | None) -> tuple[Any, Any] | None:
+    """The non-finite count of a concrete floating batch input, as :func:`_nonfinite_count`
+    (on the device, not yet fetched: the batches run on without a host sync each); None when
+    ``x`` cannot be checked (traced, not floating: the layers' own checks refuse it, or a mask
+    of another shape, whose examples cannot be told from x's)."""
+    if is_traced(x) or not hasattr(x, "dtype") or not jnp.issubdtype(x.dtype, jnp.floating):
+        return None
+    if mask is not None and (mask.dtype != np.bool_ or mask.shape != tuple(x.shape[: mask.ndim])):
+        return None
+    if isinstance(x, np.ndarray):  # a host array stays on the host
+        bad = ~np.isfinite(x)
+        if mask is not None:
+            bad &= mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
+        return int(bad.sum()), int(np.argmax(bad.reshape(-1)))
+    return _nonfinite_count(
+        x, None if mask is None else jnp.asarray(mask), 0 if mask is None else mask.ndim
+    )
+
+
+def _refuse_nonfinite_inputs(checks: list[tuple[int, tuple[int, ...], tuple[Any, Any]]]) -> None:
+    """Refuse the first batch whose input holds NaN or inf (one host transfer for all)."""
+    if not checks:
+        return
+    counts = np.asarray(jnp.stack([jnp.asarray(c[2][0]) for c in checks]))
+    if not counts.any():
+        return
+    k = int(np.argmax(counts > 0))
+    i, shape, (_, first) = checks[k]
+    index = tuple(int(j) for j in np.unravel_index(int(first), shape))
+    raise ValueError(
+        f"population_statistics: batch {i}'s input x (shape {shape}) holds {int(counts[k])} "
+        f"non-finite value(s) (NaN or inf), the first at index {index}; the BatchNorm "
+        f"statistics would be NaN. Drop or repair those examples before passing the batches "
+        f"(e.g. x[np.isfinite(x).reshape(len(x), -1).all(1)])."
+    )
+
+
+def _check_finite_statistics(params: Params, state: State, inputs_checked: bool) -> None:
+    """Refuse non-finite population statistics, naming the layers and whether the params are
+    to blame (one reduction over every layer, one sync)."""
+    paths, layers = [], []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_bn_state)[0]:
+        if _is_bn_state(leaf):
+            paths.append(jax.tree_util.keystr(path) or "state")
+            layers.append(jnp.all(jnp.isfinite(leaf.mean)) & jnp.all(jnp.isfinite(leaf.var)))
+    if any(is_traced(f) for f in layers):
+        return  # inside jit: no values to check
+    finite = np.asarray(jnp.stack(layers))
+    if finite.all():
+        return
+    bad_layers = [p for p, ok in zip(paths, finite, strict=True) if not ok]
+    bad_params = [
+        jax.tree_util.keystr(path)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
+        and not bool(jnp.isfinite(leaf).all())
+    ]
+    inputs = " although every batch's input was finite" if inputs_checked else ""
+    if bad_params:
+        why = (
+            f"the network's params or state are non-finite: these params hold NaN or inf: "
+            f"{', '.join(bad_params)}. Check them with jnp.isfinite and restore the params of a "
+            f"finite checkpoint (or train again with a lower learning rate)"
+        )
+    else:
+        why = (
+            "the params are finite, so the network's state is non-finite outside the BatchNorm "
+            "layers, or a layer before them overflowed (inputs or weights too large for the "
+            "dtype). Check the params and the state with jnp.isfinite"
+        )
+    raise ValueError(
+        f"population_statistics: the statistics of {', '.join(bad_layers)} are non-finite "
+        f"(NaN or inf){inputs}; {why}."
+    )
+
+
 def population_statistics(
     net: Layer,
     params: Params,
@@ -666,7 +760,10 @@ def population_statistics(
 
     Raises:
       ValueError: ``batches`` is empty; ``state`` holds no BatchNorm state; ``net`` is
-        stochastic and ``key`` is None; a batch of one example (no variance to estimate).
+        stochastic and ``key`` is None; a batch of one example (no variance to estimate); a
+        batch whose input ``x`` holds NaN or inf (checked per batch, one reduction and one
+        host sync each); statistics that come out non-finite from finite inputs (the params
+        or the state are non-finite, or a layer overflowed).
 
     Example::
 
@@ -703,18 +800,31 @@ def population_statistics(
     # The first step donates its state argument: give it copies, never the caller's arrays.
     current = jax.tree.map(jnp.array, fresh)
     step = _population_step(net)
-    n = 0
+    n, checked = 0, True
+    mask = keywords.get("mask")
+    if is_traced(mask):  # inside jit: no values to check
+        mask, checked = None, False
+    mask = None if mask is None else np.asarray(mask)  # on the host once, for the input check
+    checks = []
     with _POPULATION(True):
         for i, batch in enumerate(batches):
             k = None if key is None else jax.random.fold_in(key, i)
-            current = step(params, current, _input_of(batch, i), k, keywords)
+            x = _input_of(batch, i)
+            check = _finite_input_check(x, mask)
+            if check is None:
+                checked = False
+            else:
+                checks.append((i, tuple(x.shape), check))
+            current = step(params, current, x, k, keywords)
             n += 1
+    _refuse_nonfinite_inputs(checks)
     if n == 0:
         raise ValueError(
             "population_statistics: batches is empty; Algorithm 2 averages the statistics of "
             "at least one training minibatch. Pass an iterable of input arrays (a generator "
             "is consumed once: make a new one for each call)."
         )
+    _check_finite_statistics(params, current, checked)
     return jax.tree.map(
         lambda old, new: new if _is_bn_state(old) else old, state, current, is_leaf=_is_bn_state
     )

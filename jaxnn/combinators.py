@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from jaxnn import activations as _activations
 from jaxnn import initializers as _initializers
-from jaxnn._checks import ensure_float_dtype, ensure_input_shape
+from jaxnn._checks import PARAM_DTYPE_HINT, ensure_float_dtype, ensure_input_shape
 from jaxnn._typing import Array, ArrayLike, Layer, Params, PRNGKey, Shape, State, bind_backward
 from jaxnn.batchnorm import batchnorm as _batchnorm
 from jaxnn.layers import activation as _activation
@@ -272,9 +272,11 @@ def mlp(
 
     bfloat16 keeps float32's 8 exponent bits and shortens the significand to 8 bits (unit
     roundoff 2⁻⁸), so small gradients do not underflow as in float16 (smallest normal 6e-5)
-    and no loss scaling is needed (Kalamkar et al., 2019). ``compute_dtype=None`` (default)
-    casts nothing: everything runs in the params' dtype (with ``output_dtype`` alone, only the
-    output is cast).
+    and no loss scaling is needed (Kalamkar et al., 2019). float16 is refused for all three
+    dtypes (a ``TypeError``): its largest finite value, 65504, overflows activations, and
+    without loss scaling, which jaxnn does not do, small gradients underflow.
+    ``compute_dtype=None`` (default) casts nothing: everything runs in the params' dtype (with
+    ``output_dtype`` alone, only the output is cast).
 
     Args:
       features: units of each dense layer, e.g. ``[100, 100, 10]``.
@@ -283,7 +285,7 @@ def mlp(
         ``final_activation`` must be left out).
       final_activation: activation after the last dense layer, when ``activation`` is one.
       use_bias, w_init, b_init, param_dtype: passed to every :func:`~jaxnn.layers.dense`
-        (``use_bias`` to those not followed by BatchNorm).
+        (``use_bias`` to those not followed by BatchNorm; ``param_dtype`` to BatchNorm too).
       compute_dtype: a floating dtype (``jnp.bfloat16`` for mixed precision) passed to every
         dense and BatchNorm layer; None (default): no cast anywhere.
       output_dtype: the network output's dtype, cast at the last dense layer (default: with
@@ -293,6 +295,11 @@ def mlp(
       dropout: put a :func:`~jaxnn.layers.dropout` of this rate (the probability of dropping a
         unit) after each hidden activation; 0 (default) puts none.
       name: the network's name.
+
+    Raises:
+      TypeError: ``features`` is not a list of ints; an activation is neither a name nor an
+        :class:`~jaxnn.activations.Activation`; a dtype is not floating-point, or is float16.
+      ValueError: no layer sizes; as many activations as layers are not given.
 
     Example::
 
@@ -324,6 +331,7 @@ def mlp(
     hint = "Use jnp.bfloat16 for mixed precision (params kept in param_dtype), or None."
     compute_dtype = ensure_float_dtype(compute_dtype, "mlp: compute_dtype", hint)
     output_dtype = ensure_float_dtype(output_dtype, "mlp: output_dtype")
+    param_dtype = ensure_float_dtype(param_dtype, "mlp: param_dtype", PARAM_DTYPE_HINT)
     if output_dtype is None and compute_dtype is not None:
         output_dtype = jnp.promote_types(compute_dtype, jnp.float32)  # the loss in >= float32
     dtypes = {"param_dtype": param_dtype, "compute_dtype": compute_dtype}

@@ -599,6 +599,14 @@ _IDX_TYPES = {
 }
 _IDX_NAMES = "0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32, 0x0D float32, 0x0E float64"
 _GZIP_MAGIC = b"\x1f\x8b"
+# What a file that is not IDX most often is, by its first bytes, and what to do about it.
+_OTHER_FORMATS = (
+    (b"PK\x03\x04", "a zip archive: unzip it and pass the IDX file inside"),
+    (b"BZh", "bzip2-compressed: decompress it (bunzip2) first"),
+    (b"\xfd7zXZ\x00", "xz-compressed: decompress it (xz -d) first"),
+    (b"version https://git-lfs", "a Git LFS pointer, not the data: run git lfs pull"),
+    (b"<", "an HTML or XML page (a download link's error page?): download the file itself"),
+)
 
 
 def load_idx(path: str | os.PathLike) -> np.ndarray:
@@ -619,8 +627,10 @@ def load_idx(path: str | os.PathLike) -> np.ndarray:
 
     Raises:
         FileNotFoundError: no such file.
-        DataFormatError: a wrong magic number, an unknown type code, a truncated header or
-            data, trailing bytes, or corrupt gzip data; the message names the file.
+        DataFormatError: an empty file, a wrong magic number (saying what the file is when
+            its first bytes tell: zip, bzip2, xz, HTML, a Git LFS pointer), an unknown type
+            code, a truncated header or data, trailing bytes, or corrupt gzip data; the message
+            names the file.
     """
     path = Path(path)
     try:
@@ -630,7 +640,8 @@ def load_idx(path: str | os.PathLike) -> np.ndarray:
             f"{path}: no such file. Expected an IDX file such as MNIST's "
             f"train-images-idx3-ubyte (optionally gzipped, .gz)."
         ) from None
-    if raw[:2] == _GZIP_MAGIC:
+    gzipped = raw[:2] == _GZIP_MAGIC
+    if gzipped:
         try:
             raw = gzip.decompress(raw)
         except (gzip.BadGzipFile, EOFError, zlib.error) as e:
@@ -638,17 +649,34 @@ def load_idx(path: str | os.PathLike) -> np.ndarray:
                 f"{path}: corrupt gzip data ({type(e).__name__}: {e}). The download was cut "
                 f"short or damaged: download the file again."
             ) from e
+    if not raw:
+        raise DataFormatError(
+            f"{path}: the file is empty (0 bytes{' once decompressed' if gzipped else ''}): the "
+            f"download failed or was cut short. Download the file again."
+        )
     if len(raw) < 4:
         raise DataFormatError(
-            f"{path}: truncated: {len(raw)} bytes, fewer than the 4 of an IDX magic number."
+            f"{path}: truncated: {len(raw)} bytes, fewer than the 4 of an IDX magic number. "
+            f"Download the file again."
         )
     zero, code, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0:
+        what = next((w for magic, w in _OTHER_FORMATS if raw.startswith(magic)), None)
+        named_gz = (
+            " (its name ends in .gz, but it is not gzip data)"
+            if (path.suffix == ".gz" and not gzipped)
+            else ""
+        )
         raise DataFormatError(
-            f"{path}: not an IDX file: its first 4 bytes are {raw[:4].hex(' ')}, expected an IDX "
-            f"magic number 00 00 <type> <ndim> (00 00 08 03 for MNIST images, 00 00 08 01 for "
-            f"labels) or gzip's 1f 8b. An HTML page or a Git LFS pointer saved under this name "
-            f"would do this: download the file itself."
+            f"{path}: not an IDX file{named_gz}: its first 4 bytes are {raw[:4].hex(' ')}, "
+            f"expected an IDX magic number 00 00 <type> <ndim> (00 00 08 03 for MNIST images, "
+            f"00 00 08 01 for labels) or gzip's 1f 8b. "
+            + (
+                f"It is {what}."
+                if what
+                else "An HTML page or a Git LFS pointer saved under this name would do this: "
+                "download the file itself."
+            )
         )
     if code not in _IDX_TYPES:
         raise DataFormatError(
@@ -753,26 +781,67 @@ def _mnist_expected(kind: str) -> str:
     )
 
 
-def _check_mnist_part(images: np.ndarray, labels: np.ndarray, src_x: str, src_y: str) -> None:
+_MNIST_SHAPE = (28, 28)  # rows, cols of every MNIST and Fashion-MNIST image
+_MNIST_CLASSES = 10
+_IDX_FIX = "Download the original files again."
+_NPZ_FIX = (
+    "Save the arrays as keras.datasets ships them: x_train, x_test uint8 [n, 28, 28] (pixels "
+    "0..255), y_train, y_test uint8 [n] (classes 0..9), e.g. with y.astype(np.uint8)."
+)
+
+
+def _check_mnist_part(
+    images: np.ndarray, labels: np.ndarray, src_x: str, src_y: str, fix: str
+) -> None:
+    """Refuse a part (train or test) that is not MNIST's or Fashion-MNIST's, naming the file.
+
+    Both data sets have uint8 28x28 images and uint8 labels of 10 classes, and each of their
+    training and test files holds every class (the test files at least 892 of each): a file
+    with fewer classes, or no examples, is another data set's, or one cut down.
+    """
     if images.dtype != np.uint8 or images.ndim != 3:
+        hint = " (a labels file under an images file's name?)" if images.ndim == 1 else ""
         raise DataFormatError(
-            f"{src_x}: expected images as uint8 [n, rows, cols], got {images.dtype} of shape "
-            f"{images.shape}."
+            f"{src_x}: expected images as uint8 [n, 28, 28], got {images.dtype} of shape "
+            f"{images.shape}{hint}. {fix}"
         )
     if labels.dtype != np.uint8 or labels.ndim != 1:
+        hint = " (an images file under a labels file's name?)" if labels.ndim == 3 else ""
         raise DataFormatError(
-            f"{src_y}: expected labels as uint8 [n], got {labels.dtype} of shape {labels.shape}."
+            f"{src_y}: expected labels as uint8 [n], got {labels.dtype} of shape "
+            f"{labels.shape}{hint}. {fix}"
         )
+    if images.shape[1:] != _MNIST_SHAPE:
+        raise DataFormatError(
+            f"{src_x}: holds {images.shape[1]}x{images.shape[2]} images; MNIST's and "
+            f"Fashion-MNIST's are 28x28 (784 features), so this is another data set's file. "
+            f"{fix}"
+        )
+    for src, array, what in ((src_x, images, "images"), (src_y, labels, "labels")):
+        if len(array) == 0:
+            raise DataFormatError(
+                f"{src}: holds 0 {what} (shape {array.shape}); every MNIST and Fashion-MNIST "
+                f"file holds at least 10000, so it was written empty or cut down. {fix}"
+            )
     if len(images) != len(labels):
         raise DataFormatError(
             f"{src_x} holds {len(images)} images but {src_y} holds {len(labels)} labels; the "
             f"two must come from the same part of the same data set."
         )
-    if (bad := labels > 9).any():
+    if (bad := labels >= _MNIST_CLASSES).any():
         i = int(np.flatnonzero(bad)[0])
         raise DataFormatError(
             f"{src_y}: labels must lie in 0..9, found {labels[i]} at index {i}. Is this a "
-            f"labels file of MNIST or Fashion-MNIST?"
+            f"labels file of MNIST or Fashion-MNIST? {fix}"
+        )
+    present = np.flatnonzero(np.bincount(labels, minlength=_MNIST_CLASSES))
+    if len(present) < _MNIST_CLASSES:
+        missing = sorted(set(range(_MNIST_CLASSES)) - set(present.tolist()))
+        raise DataFormatError(
+            f"{src_y}: its {len(labels)} labels hold {len(present)} of the 10 classes, "
+            f"{present.tolist()} (missing: {missing}); MNIST and Fashion-MNIST have 10 classes, "
+            f"each in every training and test file, so this is a wrong or truncated file (one "
+            f"cut down to a subset of the examples). {fix}"
         )
 
 
@@ -803,12 +872,13 @@ def mnist(
         seed: seeds the choice of the validation examples.
 
     Returns:
-        :class:`Splits` with ``num_classes=10``, ``x`` ``float32 [n, rows * cols]`` (784).
+        :class:`Splits` with ``num_classes=10``, ``x`` ``float32 [n, 784]`` (28x28 pixels).
 
     Raises:
         FileNotFoundError: ``data_dir`` is not a folder or holds neither form of the files.
-        DataFormatError: a malformed file, images that are not uint8 ``[n, rows, cols]``,
-            labels that are not uint8 ``[n]`` in 0..9, or counts that disagree.
+        DataFormatError: a malformed file, images that are not uint8 ``[n, 28, 28]``, labels
+            that are not uint8 ``[n]`` in 0..9, a file of 0 images or labels, counts that
+            disagree, or a labels file without all ten classes; the message names the file.
     """
     if kind not in _MNIST_KINDS:
         raise ValueError(f"mnist: unknown kind {kind!r}. Known kinds: {', '.join(_MNIST_KINDS)}.")
@@ -828,9 +898,11 @@ def mnist(
     if all(p is not None for p in found):
         arrays = [load_idx(p) for p in found]
         sources = [str(p) for p in found]
+        fix = _IDX_FIX
     elif npz.is_file():
         arrays = list(load_npz(npz).values())
         sources = [f"{npz}[{k!r}]" for k in _NPZ_KEYS]
+        fix = _NPZ_FIX
     else:
         missing = [f for f, p in zip(_MNIST_FILES, found, strict=True) if p is None]
         raise FileNotFoundError(
@@ -840,13 +912,8 @@ def mnist(
             f"<root>/FashionMNIST/raw."
         )
     train_x, train_y, test_x, test_y = arrays
-    _check_mnist_part(train_x, train_y, sources[0], sources[1])
-    _check_mnist_part(test_x, test_y, sources[2], sources[3])
-    if train_x.shape[1:] != test_x.shape[1:]:
-        raise DataFormatError(
-            f"{sources[0]} holds {train_x.shape[1:]} images but {sources[2]} holds "
-            f"{test_x.shape[1:]} images; both must come from the same data set."
-        )
+    _check_mnist_part(train_x, train_y, sources[0], sources[1], fix)
+    _check_mnist_part(test_x, test_y, sources[2], sources[3], fix)
     n = len(train_y)
     if validation >= n:
         raise ValueError(

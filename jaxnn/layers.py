@@ -18,7 +18,13 @@ import numpy as np
 
 from jaxnn import activations as _activations
 from jaxnn import initializers as _initializers
-from jaxnn._checks import ensure_float, ensure_float_dtype, ensure_input_shape, ensure_min_rank
+from jaxnn._checks import (
+    PARAM_DTYPE_HINT,
+    ensure_float,
+    ensure_float_dtype,
+    ensure_input_shape,
+    ensure_min_rank,
+)
 from jaxnn._typing import Array, ArrayLike, Layer, Params, PRNGKey, Shape, State, bind_backward
 
 __all__ = ["activation", "default_float", "dense", "dropout"]
@@ -163,6 +169,14 @@ def dense(
       output_dtype: a floating dtype to cast ``y`` to; None (default): the compute dtype.
       name: the layer's name, used in error messages and as its key inside ``serial``.
 
+    Raises:
+      ValueError: ``features`` is not a positive int.
+      TypeError: a dtype that is not floating-point, or is float16.
+
+    float16 is refused for each of the three dtypes: its range (largest finite 65504,
+    smallest normal 6.1e-5) overflows activations and underflows gradients unless the loss is
+    scaled, which jaxnn does not do; bfloat16 has float32's range.
+
     Example::
 
         layer = dense(3)
@@ -176,12 +190,13 @@ def dense(
         compute_dtype, f"{name}: compute_dtype", "Use jnp.bfloat16 for mixed precision."
     )
     output_dtype = ensure_float_dtype(output_dtype, f"{name}: output_dtype")
+    param_dtype = ensure_float_dtype(param_dtype, f"{name}: param_dtype", PARAM_DTYPE_HINT)
 
     def init(key: PRNGKey | None, input_shape: Shape) -> tuple[Params, State]:
         shape = ensure_input_shape(input_shape, name)
         if len(shape) < 1:
             raise ValueError(f"{name}: input_shape must be [..., in_features], got {shape}.")
-        dtype = param_dtype or default_float()
+        dtype = default_float() if param_dtype is None else param_dtype
         kw, kb = jax.random.split(key)
         params = {"w": w_init_fn(kw, (shape[-1], int(features)), dtype)}
         if use_bias:

@@ -1,5 +1,6 @@
 """BatchNorm: matched to PyTorch and Flax fixtures, hand backward = jax.grad, state semantics."""
 
+import functools
 import json
 import os
 import subprocess
@@ -570,3 +571,118 @@ def test_population_statistics_bad_input():
         population_statistics(plain, p2, s2, [x])
     with pytest.raises(TypeError, match="must be a jaxnn Layer"):
         population_statistics(lambda x: x, params, state, [x])
+
+
+# ----------------------------------------------------------------------------- bad input, table
+
+
+@functools.cache
+def _pop_net():
+    """One network for the rows below: population_statistics compiles its step once for it."""
+    net = combinators.serial(dense(3), batchnorm(), activation("relu"), dense(3), batchnorm())
+    params, state = net.init(jax.random.key(0), (4, 2))
+    return net, params, state
+
+
+def _pop_batches(nan_at=None, value=np.nan):
+    xs = np.random.default_rng(0).normal(size=(3, 4, 2))
+    if nan_at is not None:
+        xs[nan_at] = value
+    return xs
+
+
+def _pop_nan_input(tmp_path):
+    net, params, state = _pop_net()
+    xs = _pop_batches((1, 2, 1))
+    xs[1, 3, 0] = np.inf
+    return population_statistics(net, params, state, list(xs))
+
+
+def _pop_inf_input_device(tmp_path):
+    net, params, state = _pop_net()
+    xs = jnp.asarray(_pop_batches((2, 0, 0), -np.inf))
+    return population_statistics(net, params, state, [(x, None) for x in xs])
+
+
+def _pop_nan_params(tmp_path):
+    net, params, state = _pop_net()
+    params = {**params, "dense_3": {**params["dense_3"], "b": params["dense_3"]["b"] * np.nan}}
+    return population_statistics(net, params, state, _pop_batches())
+
+
+def _pop_overflow(tmp_path):
+    net, params, state = _pop_net()
+    params = {**params, "dense_0": {**params["dense_0"], "w": params["dense_0"]["w"] * 1e300}}
+    return population_statistics(net, params, state, _pop_batches() * 1e10)
+
+
+BAD_EDGE_ROWS = [
+    (
+        "batchnorm-param-dtype-float16",
+        lambda tmp_path: batchnorm(param_dtype=jnp.float16),
+        TypeError,
+        "batchnorm: param_dtype is float16, which jaxnn refuses: float16's largest finite value "
+        "is 65504",
+    ),
+    (
+        "batchnorm-compute-dtype-float16",
+        lambda tmp_path: batchnorm(compute_dtype="float16", name="bn"),
+        TypeError,
+        "bn: compute_dtype is float16, which jaxnn refuses",
+    ),
+    (
+        "batchnorm-param-dtype-int",
+        lambda tmp_path: batchnorm(param_dtype=jnp.int32),
+        TypeError,
+        "batchnorm: param_dtype must be a floating-point dtype (jnp.bfloat16, jnp.float32 or "
+        "jnp.float64) or None, got dtype int32. Params are what the gradients update",
+    ),
+    (
+        "population-nan-input",
+        _pop_nan_input,
+        ValueError,
+        "population_statistics: batch 1's input x (shape (4, 2)) holds 2 non-finite value(s) "
+        "(NaN or inf), the first at index (2, 1)",
+    ),
+    (
+        "population-inf-input-on-device",
+        _pop_inf_input_device,
+        ValueError,
+        "batch 2's input x (shape (4, 2)) holds 1 non-finite value(s) (NaN or inf), the first at "
+        "index (0, 0)",
+    ),
+    (
+        "population-nan-params",
+        _pop_nan_params,
+        ValueError,
+        "the statistics of ['batchnorm_4'] are non-finite (NaN or inf) although every batch's "
+        "input was finite; the network's params or state are non-finite: these params hold NaN "
+        "or inf: ['dense_3']['b']",
+    ),
+    (
+        "population-overflow",
+        _pop_overflow,
+        ValueError,
+        "the statistics of ['batchnorm_1'], ['batchnorm_4'] are non-finite (NaN or inf) although "
+        "every batch's input was finite; the params are finite",
+    ),
+]
+
+
+def test_population_statistics_ignore_non_finite_padding_that_the_mask_excludes():
+    # Padding rows are left out of every statistic, so NaN there is no error and no NaN.
+    net, params, state = _pop_net()
+    xs = _pop_batches()
+    padded = np.concatenate([xs, np.full((3, 2, 2), np.nan)], axis=1)  # [3, 6, 2]
+    mask = jnp.asarray([True] * 4 + [False] * 2)
+    pop = population_statistics(net, params, state, padded, mask=mask)
+    ref = population_statistics(net, params, state, xs)
+    for name in ("batchnorm_1", "batchnorm_4"):
+        np.testing.assert_allclose(pop[name].mean, ref[name].mean, rtol=POP_RTOL, atol=1e-15)
+        np.testing.assert_allclose(pop[name].var, ref[name].var, rtol=POP_RTOL)
+
+
+def test_param_dtype_is_kept_as_given_and_bfloat16_still_accepted():
+    for dtype in (jnp.float32, np.dtype("float32"), "bfloat16"):
+        params, state = batchnorm(param_dtype=dtype).init(None, (4, 3))
+        assert params["gamma"].dtype == state.var.dtype == jnp.dtype(dtype)

@@ -265,3 +265,29 @@ def test_layer_keys_give_the_run_order_that_sorted_dicts_lose():
     assert list(through_jit) != list(keys)  # sorted: "dense_10" before "dense_2"
     with pytest.raises(TypeError, match="needs a composition"):
         combinators.layer_keys(layers.dense(2))
+
+
+# ----------------------------------------------------------------------------- bad input, table
+
+BAD_EDGE_ROWS = [
+    (
+        "mlp-param-dtype-int",
+        lambda tmp_path: jaxnn.mlp([3], param_dtype=np.int64),
+        TypeError,
+        "mlp: param_dtype must be a floating-point dtype (jnp.bfloat16, jnp.float32 or "
+        "jnp.float64) or None, got dtype int64. Params are what the gradients update",
+    ),
+    (
+        "mlp-param-dtype-bool",
+        lambda tmp_path: jaxnn.mlp([3], batchnorm=True, param_dtype=bool),
+        TypeError,
+        "mlp: param_dtype must be a floating-point dtype",
+    ),
+]
+
+
+def test_mlp_param_dtype_reaches_dense_and_batchnorm():
+    net = jaxnn.mlp([3, 2], batchnorm=True, param_dtype=np.dtype("float32"))
+    params, state = jax.eval_shape(lambda key: net.init(key, (4, 5)), jax.random.key(0))
+    leaves = jax.tree.leaves((params, state))
+    assert {a.dtype for a in leaves if a.ndim} == {jnp.dtype(jnp.float32)}

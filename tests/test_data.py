@@ -556,11 +556,11 @@ def test_mnist_bad_files(tmp_path):
     )
     mnist_error(
         folder_with("dtype", x_test=np.zeros((20, 28, 28), np.int32)),
-        "t10k-images-idx3-ubyte: expected images as uint8 \\[n, rows, cols\\], got int32",
+        "t10k-images-idx3-ubyte: expected images as uint8 \\[n, 28, 28\\], got int32",
     )
     mnist_error(
         folder_with("size", x_test=np.zeros((20, 14, 14), np.uint8)),
-        r"holds \(28, 28\) images but .*t10k-images-idx3-ubyte holds \(14, 14\) images",
+        r"t10k-images-idx3-ubyte: holds 14x14 images; MNIST's and Fashion-MNIST's are 28x28",
     )
     magic = write_mnist(tmp_path / "magic", fake_mnist(), gz=False)
     write(magic / "train-labels-idx1-ubyte", b"PK\x03\x04 not idx")
@@ -628,3 +628,167 @@ def test_load_mnist_needs_data_dir(tmp_path, name):
     write_mnist(tmp_path, fake_mnist())
     with pytest.raises(ValueError, match="validation=10000 must be less than the 60 examples"):
         data.load(name, data_dir=str(tmp_path))
+
+
+# --------------------------------------------------------------------------------------------
+# Bad files, table-driven: (id, thunk(tmp_path), exception type, fragment of the message)
+
+
+def _mnist_with(tmp_path: Path, npz: bool = False, **changes: np.ndarray) -> Splits:
+    """``mnist`` on the fake set with ``changes``, as the four IDX files or as mnist.npz."""
+    arrays = {**fake_mnist(), **changes}
+    folder = tmp_path / "m"
+    if npz:
+        folder.mkdir()
+        np.savez(folder / "mnist.npz", **arrays)
+    else:
+        write_mnist(folder, arrays, gz=False)
+    return data.mnist(folder, validation=20)
+
+
+def _idx_file(tmp_path: Path, name: str, content: bytes, gz: bool = False) -> np.ndarray:
+    return data.load_idx(write(tmp_path / name, content, gz))
+
+
+def _swapped(tmp_path: Path) -> Splits:
+    folder = write_mnist(tmp_path / "m", fake_mnist(), gz=False)
+    labels = (folder / "train-labels-idx1-ubyte").read_bytes()
+    write(folder / "train-images-idx3-ubyte", labels)
+    return data.mnist(folder, validation=20)
+
+
+_THREES = np.full(60, 3, np.uint8)
+_LABEL_255 = np.arange(20, dtype=np.uint8) % 10
+_LABEL_255[4] = 255
+BAD_EDGE_ROWS = [
+    # A labels file of one class: not MNIST's (IDX and .npz).
+    (
+        "mnist-one-class-labels",
+        lambda tmp_path: _mnist_with(tmp_path, y_train=_THREES),
+        DataFormatError,
+        "train-labels-idx1-ubyte: its 60 labels hold 1 of the 10 classes, [3] (missing: [0, 1, 2, "
+        "4, 5, 6, 7, 8, 9]); MNIST and Fashion-MNIST have 10 classes",
+    ),
+    (
+        "mnist-npz-one-class-labels",
+        lambda tmp_path: _mnist_with(tmp_path, npz=True, y_train=_THREES),
+        DataFormatError,
+        "mnist.npz['y_train']: its 60 labels hold 1 of the 10 classes, [3]",
+    ),
+    (
+        "mnist-npz-nine-classes",
+        lambda tmp_path: _mnist_with(tmp_path, npz=True, y_test=np.arange(20, dtype=np.uint8) % 9),
+        DataFormatError,
+        "mnist.npz['y_test']: its 20 labels hold 9 of the 10 classes",
+    ),
+    # Labels outside [0, 10): the file and the first bad value.
+    (
+        "mnist-npz-label-255",
+        lambda tmp_path: _mnist_with(tmp_path, npz=True, y_test=_LABEL_255),
+        DataFormatError,
+        "mnist.npz['y_test']: labels must lie in 0..9, found 255 at index 4",
+    ),
+    # A part of 0 images.
+    (
+        "mnist-zero-test-images",
+        lambda tmp_path: _mnist_with(
+            tmp_path, x_test=np.zeros((0, 28, 28), np.uint8), y_test=np.zeros(0, np.uint8)
+        ),
+        DataFormatError,
+        "t10k-images-idx3-ubyte: holds 0 images (shape (0, 28, 28))",
+    ),
+    (
+        "mnist-npz-zero-train-images",
+        lambda tmp_path: _mnist_with(
+            tmp_path,
+            npz=True,
+            x_train=np.zeros((0, 28, 28), np.uint8),
+            y_train=np.zeros(0, np.uint8),
+        ),
+        DataFormatError,
+        "mnist.npz['x_train']: holds 0 images",
+    ),
+    (
+        "mnist-zero-labels",
+        lambda tmp_path: _mnist_with(tmp_path, y_test=np.zeros(0, np.uint8)),
+        DataFormatError,
+        "t10k-labels-idx1-ubyte: holds 0 labels",
+    ),
+    (
+        "mnist-count-mismatch",
+        lambda tmp_path: _mnist_with(tmp_path, y_test=np.arange(19, dtype=np.uint8) % 10),
+        DataFormatError,
+        "holds 20 images but",
+    ),
+    # Not 28x28, not uint8, files swapped.
+    (
+        "mnist-14x14-images",
+        lambda tmp_path: _mnist_with(
+            tmp_path,
+            x_train=np.zeros((60, 14, 14), np.uint8),
+            x_test=np.zeros((20, 14, 14), np.uint8),
+        ),
+        DataFormatError,
+        "train-images-idx3-ubyte: holds 14x14 images; MNIST's and Fashion-MNIST's are 28x28",
+    ),
+    (
+        "mnist-idx-int16-labels",
+        lambda tmp_path: _mnist_with(tmp_path, y_train=np.arange(60, dtype=np.int16) % 10),
+        DataFormatError,
+        "train-labels-idx1-ubyte: expected labels as uint8 [n], got int16 of shape (60,). "
+        "Download the original files again.",
+    ),
+    (
+        "mnist-npz-int64-labels",
+        lambda tmp_path: _mnist_with(tmp_path, npz=True, y_test=np.arange(20) % 10),
+        DataFormatError,
+        "e.g. with y.astype(np.uint8)",
+    ),
+    (
+        "mnist-labels-under-an-images-name",
+        _swapped,
+        DataFormatError,
+        "got uint8 of shape (60,) (a labels file under an images file's name?)",
+    ),
+    # Empty, and not IDX though named so.
+    (
+        "idx-empty-file",
+        lambda tmp_path: _idx_file(tmp_path, "t10k-labels-idx1-ubyte", b""),
+        DataFormatError,
+        "t10k-labels-idx1-ubyte: the file is empty (0 bytes): the download failed",
+    ),
+    (
+        "idx-empty-gzip",
+        lambda tmp_path: _idx_file(tmp_path, "t10k-labels-idx1-ubyte.gz", b"", gz=True),
+        DataFormatError,
+        "the file is empty (0 bytes once decompressed)",
+    ),
+    (
+        "idx-zip-named-gz",
+        lambda tmp_path: _idx_file(tmp_path, "train-images-idx3-ubyte.gz", b"PK\x03\x04rest"),
+        DataFormatError,
+        "train-images-idx3-ubyte.gz: not an IDX file (its name ends in .gz, but it is not gzip "
+        "data): its first 4 bytes are 50 4b 03 04",
+    ),
+    (
+        "idx-bzip2",
+        lambda tmp_path: _idx_file(tmp_path, "f.gz", b"BZh91AY&SY"),
+        DataFormatError,
+        "It is bzip2-compressed: decompress it (bunzip2) first.",
+    ),
+    (
+        "idx-git-lfs-pointer",
+        lambda tmp_path: _idx_file(
+            tmp_path, "f", b"version https://git-lfs.github.com/spec/v1\noid sha256:00\n"
+        ),
+        DataFormatError,
+        "It is a Git LFS pointer, not the data: run git lfs pull.",
+    ),
+]
+
+
+def test_mnist_test_file_of_ten_examples_with_every_class_loads(tmp_path):
+    # The class check asks for every class, not for a size: a small file of all ten is read.
+    arrays = fake_mnist(n_test=10)
+    s = data.mnist(write_mnist(tmp_path, arrays), validation=20)
+    np.testing.assert_array_equal(np.sort(s.test.y), np.arange(10))

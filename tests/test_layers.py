@@ -187,3 +187,34 @@ def test_dropout_bad_input():
 def test_activation_layer_refuses_params():
     with pytest.raises(ValueError, match="no parameters"):
         layers.activation("tanh").apply({"w": jnp.ones(1)}, {}, jnp.ones(3), train=False)
+
+
+# ----------------------------------------------------------------------------- bad input, table
+
+BAD_EDGE_ROWS = [
+    (
+        "dense-param-dtype-int",
+        lambda tmp_path: layers.dense(3, param_dtype=jnp.int32),
+        TypeError,
+        "dense: param_dtype must be a floating-point dtype (jnp.bfloat16, jnp.float32 or "
+        "jnp.float64) or None, got dtype int32. Params are what the gradients update: use "
+        "jnp.float32",
+    ),
+    (
+        "dense-param-dtype-unknown-name",
+        lambda tmp_path: layers.dense(3, param_dtype="f32x", name="fc"),
+        TypeError,
+        "fc: param_dtype must be a floating-point dtype (jnp.bfloat16, jnp.float32 or "
+        "jnp.float64) or None, got str 'f32x'.",
+    ),
+]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, np.dtype("float32"), "float32", jnp.bfloat16])
+def test_dense_param_dtype_spellings_give_that_dtype_under_x64(dtype):
+    def init(layer):
+        return jax.eval_shape(lambda key: layer.init(key, (2, 4)), jax.random.key(0))[0]
+
+    assert init(layers.dense(3))["w"].dtype == jnp.float64  # the conftest's x64 default
+    params = init(layers.dense(3, param_dtype=dtype))
+    assert params["w"].dtype == params["b"].dtype == jnp.dtype(dtype)

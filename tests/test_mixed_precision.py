@@ -21,6 +21,7 @@ import pytest
 from numerics import norm_rel_err
 
 from jaxnn import cli
+from jaxnn._checks import refuse_float16
 from jaxnn.backprop import value_and_grad
 from jaxnn.batchnorm import batchnorm
 from jaxnn.combinators import intermediates, mlp
@@ -290,5 +291,78 @@ def test_a_checkpoint_config_saved_before_compute_dtype_counts_as_float32():
 
 
 def test_run_refuses_an_unknown_compute_dtype():
-    with pytest.raises(ValueError, match=r"compute_dtype must be one of \['bfloat16', 'float32'\]"):
+    # float16 is no choice of `jaxnn train` (nor of mlp: see the refusals below).
+    with pytest.raises(
+        ValueError,
+        match=r"compute_dtype must be one of \[?'?bfloat16'?, '?float32'?\]?, got .*'float16'",
+    ):
         run(RunConfig(compute_dtype="float16", epochs=1))
+
+
+# ----------------------------------------------------------------------------- float16, refused
+
+FP16_REASON = (
+    "is float16, which jaxnn refuses: float16's largest finite value is 65504 and its smallest "
+    "normal 6.1e-5, so activations overflow to inf and small gradients (and Adam's eps=1e-8) "
+    "underflow to 0 without loss scaling, which jaxnn does not do. Use jnp.bfloat16 (float32's "
+    "exponent range) for mixed precision, jnp.float32 or jnp.float64 otherwise."
+)
+
+BAD_EDGE_ROWS = [
+    (
+        "mlp-compute-dtype-float16",
+        lambda tmp_path: mlp([4, 2], compute_dtype=jnp.float16),
+        TypeError,
+        "mlp: compute_dtype " + FP16_REASON,
+    ),
+    (
+        "mlp-param-dtype-float16",
+        lambda tmp_path: mlp([4, 2], param_dtype="float16"),
+        TypeError,
+        "mlp: param_dtype " + FP16_REASON,
+    ),
+    (
+        "mlp-output-dtype-float16",
+        lambda tmp_path: mlp([4, 2], compute_dtype=BF16, output_dtype=np.float16),
+        TypeError,
+        "mlp: output_dtype is float16, which jaxnn refuses",
+    ),
+    (
+        "dense-compute-dtype-float16",
+        lambda tmp_path: dense(3, compute_dtype=np.dtype("float16")),
+        TypeError,
+        "dense: compute_dtype " + FP16_REASON,
+    ),
+    (
+        "dense-param-dtype-float16",
+        lambda tmp_path: dense(3, param_dtype=jnp.float16, name="fc"),
+        TypeError,
+        "fc: param_dtype " + FP16_REASON,
+    ),
+    (
+        "batchnorm-compute-dtype-half",
+        lambda tmp_path: batchnorm(compute_dtype="half"),
+        TypeError,
+        "batchnorm: compute_dtype is float16",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "spelling", [jnp.float16, np.float16, "float16", np.dtype("float16"), jnp.ones(2, jnp.float16)]
+)
+def test_refuse_float16_reads_every_spelling_and_passes_the_others(spelling):
+    with pytest.raises(TypeError, match=re.escape("params['w'] " + FP16_REASON)):
+        refuse_float16(spelling, "params['w']")
+    for ok in (BF16, jnp.float32, "float64", None, jnp.ones(2, BF16), np.ones(2, np.float32)):
+        refuse_float16(ok, "x")  # no error
+
+
+def test_bf16_params_and_compute_are_still_accepted():
+    net = mlp([4, 2], batchnorm=True, param_dtype="bfloat16", compute_dtype=BF16)
+    params, state = jax.eval_shape(lambda key: net.init(key, (3, 5)), jax.random.key(0))
+    assert {a.dtype for a in jax.tree.leaves(params)} == {jnp.dtype(BF16)}
+    y, _ = jax.eval_shape(
+        lambda p, s, x: net.apply(p, s, x, train=True), params, state, jnp.ones((3, 5))
+    )
+    assert y.dtype == jnp.float32
