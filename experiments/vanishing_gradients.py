@@ -56,6 +56,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from jaxnn import Layer, activations, data, losses, mlp
-from jaxnn.train import TrainState, fit, sgd
+from jaxnn.train import DivergenceWarning, TrainState, fit, sgd
 
 from . import common
 
@@ -429,9 +430,14 @@ def _train_and_measure(
             recs.append(checkpoint_record(net, act, bn, m, ts.params, epoch))
 
     ts = TrainState.create(net, optimizer, jax.random.key(SEED), params=params, state=state)
-    fitted = fit(
-        net, LOSS, optimizer, ts, (x, y), epochs=epochs, batch_size=BATCH, callback=callback
-    )
+    # A run that diverges (the N(0, 1) kernels of deep ReLU networks) is part of the result:
+    # it trains every epoch, and `diverged` below records it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DivergenceWarning)
+        fitted = fit(
+            net, LOSS, optimizer, ts, (x, y), epochs=epochs, batch_size=BATCH, callback=callback,
+            on_nonfinite="continue",
+        )  # fmt: skip
     history = [{"epoch": r["epoch"], "loss": _finite(float(r["loss"]))} for r in fitted.history]
     return {
         "checkpoints": recs,

@@ -9,6 +9,11 @@ separates. Each activation here is a pair:
 * its derivative ``f'(x)``, derived by hand, never by ``jax.grad``, and written so that it
   is also finite at saturation (0 or 1 there, never NaN).
 
+**NaN propagates.** A NaN input gives a NaN output wherever ``jax.nn``'s activation gives one
+(elementwise; a whole row for softmax and log-softmax), so one bad example cannot leave a
+finite loss behind it; no ``where``, ``maximum`` or ``clip`` maps NaN to a number. The
+forward's NaN reaches the loss and through it every gradient, on both gradient paths.
+
 :class:`Activation` bundles them with a VJP of ``jax.vjp``'s shape: ``y, backward = vjp(x)``
 and ``dx = backward(dy)``. For the elementwise activations ``dx = dy * f'(x)``; softmax and
 log-softmax act along an axis and have the Jacobian-vector products given in their docstrings.
@@ -123,13 +128,20 @@ def tanh_derivative(x: ArrayLike) -> Array:
 
 
 def relu(x: ArrayLike) -> Array:
-    """``relu(x) = max(x, 0)``."""
+    """``relu(x) = max(x, 0)``; ``relu(NaN) = NaN``, as ``jax.nn.relu`` and PyTorch.
+
+    Written so that a NaN passes through and ``jax.grad`` is :func:`relu_derivative`
+    everywhere: ``where(x > 0, x, c)`` with ``c = where(x <= 0, 0, x)`` held constant (0, or
+    the NaN itself). ``where(x > 0, x, 0)`` alone would map NaN to 0 and hide a bad input
+    behind a finite output; ``maximum`` would give ``jax.grad`` a slope of ½ at the kink.
+    """
     x = jnp.asarray(x)
-    return jnp.where(x > 0, x, jnp.zeros_like(x))
+    return jnp.where(x > 0, x, lax.stop_gradient(jnp.where(x <= 0, jnp.zeros_like(x), x)))
 
 
 def relu_derivative(x: ArrayLike) -> Array:
-    """``relu'(x) = 1 if x > 0 else 0``; at the kink x = 0 we take 0 (as ``jax.nn.relu``)."""
+    """``relu'(x) = 1 if x > 0 else 0``; at the kink x = 0 we take 0, and at NaN 0 too (as
+    ``jax.nn.relu`` and PyTorch's backward: the forward's NaN already reaches the loss)."""
     x = jnp.asarray(x)
     return jnp.where(x > 0, jnp.ones_like(x), jnp.zeros_like(x))
 

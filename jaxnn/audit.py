@@ -131,15 +131,16 @@ def _activation(act: Activation) -> MakeCase:
     return make
 
 
-def random_targets(name: str, key: PRNGKey, shape: tuple[int, ...]) -> Array:
-    """Valid targets for the loss ``name`` and predictions of ``shape``, drawn from ``key``:
-    probability rows, integer labels, values in [0, 1], or reals, as the loss needs."""
+def random_targets(loss: str | _losses.Loss, key: PRNGKey, shape: tuple[int, ...]) -> Array:
+    """Valid targets for ``loss`` and predictions of ``shape``, drawn from ``key``, as the
+    loss's ``targets`` says: probability rows, integer labels, values in [0, 1], or reals."""
+    kind = _losses.get(loss).targets
     rng = _host_rng(key)
-    if name == "softmax_cross_entropy":
+    if kind == "probabilities":
         return jnp.asarray(rng.dirichlet(np.ones(shape[-1]), size=shape[:-1]))
-    if name == "softmax_cross_entropy_with_integer_labels":
+    if kind == "labels":
         return jnp.asarray(rng.integers(0, shape[-1], shape[:-1]), jnp.int32)
-    if name == "binary_cross_entropy_with_logits":
+    if kind == "binary":
         return jnp.asarray(rng.uniform(size=shape))
     return jnp.asarray(rng.standard_normal(shape))
 
@@ -149,7 +150,7 @@ def _loss(loss: _losses.Loss) -> MakeCase:
         k_shape, k_p, k_t = jax.random.split(key, 3)
         shape = tuple(_dims(k_shape, 2, 1, 6))
         predictions = jnp.asarray(2.0 * _host_rng(k_p).standard_normal(shape))
-        targets = random_targets(loss.name, k_t, shape)
+        targets = random_targets(loss, k_t, shape)
         return gradcheck.GradCase(
             loss.fn, (predictions, targets), jax.jit(loss.grad), 0, f"predictions{shape}"
         )
@@ -165,7 +166,7 @@ def _masked_loss(loss: _losses.Loss) -> MakeCase:
         k_shape, k_p, k_t, k_m = jax.random.split(key, 4)
         shape = tuple(_dims(k_shape, 2, 2, 6))
         predictions = jnp.asarray(2.0 * _host_rng(k_p).standard_normal(shape))
-        targets = random_targets(loss.name, k_t, shape)
+        targets = random_targets(loss, k_t, shape)
         mask = _host_rng(k_m).permutation(shape[0]) < max(1, shape[0] // 2)
         pair = (targets, jnp.asarray(mask))
         return gradcheck.GradCase(

@@ -157,7 +157,7 @@ def manual_loss(loss: str | _losses.Loss) -> _losses.Loss:
         return dloss * loss.grad(predictions, targets), None
 
     fn.defvjp(fwd, bwd)
-    return _losses.Loss(loss.name, fn, loss.grad)
+    return loss._replace(fn=fn)
 
 
 def manual_penalty(penalty: Penalty) -> Penalty:

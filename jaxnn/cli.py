@@ -15,7 +15,7 @@
   every other case.
 * ``jaxnn train [--data NAME] [--hidden 128,64] [--activation relu] [--batchnorm] [--dropout
   P] [--optimizer adam] [--lr 1e-3] [--epochs 20] [--grad manual] [--compute-dtype bfloat16]
-  [--devices N] [--checkpoint DIR] [--resume] [--seed N] [--out DIR]`` — trains an MLP
+  [--devices N] [--checkpoint DIR] [--resume [--fallback]] [--seed N] [--out DIR]`` — trains an MLP
   (:mod:`jaxnn.run`): a progress bar over the epochs, one line of metrics per epoch, the final
   test accuracy; ``metrics.json`` and ``learning_curve.png`` in ``DIR`` (default ``runs/``).
   ``--devices N`` trains data-parallel on ``N`` local devices (:mod:`jaxnn.parallel`; on the
@@ -30,13 +30,18 @@
 Exit status, argparse's convention:
 
 * 0 — success: every check passed, every experiment ran.
-* 1 — a gradient mismatch (``gradcheck``), an experiment that raised (``reproduce``).
+* 1 — a gradient mismatch (``gradcheck``), an experiment that raised (``reproduce``), a
+  training run that diverged (``train``: a NaN or infinite loss or metric; its record is
+  written, with the test metrics of the best finite epoch).
 * 2 — a usage error: bad arguments (for ``train`` also data files that are missing or
-  corrupt, and a ``--resume`` from another run's checkpoint), an ``--import`` module that cannot be found or raises
+  corrupt, a ``--checkpoint`` folder that holds what jaxnn did not write or another run's
+  checkpoints, a damaged checkpoint), an ``--import`` module that cannot be found or raises
   while importing, an ``--only`` that matches no case, an ``--out`` that is not a writable
   folder, the experiments not installed; and audit cases that fail to build or raise while
   being checked. When an audit has both mismatches and errors, 2 wins: the audit is
   incomplete, and a case that raised may hide a mismatch of its own.
+* 130 — interrupted (Ctrl-C), in one line; ``train`` first finishes a checkpoint being saved
+  and writes the record of the epochs done, and says how to resume.
 
 stdout holds the report only (``jaxnn gradcheck > audit.txt`` gives the table and the
 summary); progress bars and the details of failures and errors go to stderr. Progress shows
@@ -146,27 +151,12 @@ def _progress_disabled(quiet: bool) -> bool | None:
 def _check_out(out: str) -> str | None:
     """Why ``out`` cannot receive the results, or None. It is created if missing, and a
     temporary file is created and removed in it: what the experiments will do, done first."""
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        return (
-            f"--out expects a folder (new or existing) for the results, got {out!r}, which is a "
-            f"file. Name a folder, e.g. --out results, or move the file away."
-        )
+    from jaxnn.run import writable_folder
+
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        writable_folder(out, "--out")
     except OSError as e:
-        return (
-            f"--out expects a folder that can be created, got {out!r}, which cannot be "
-            f"({e.strerror or e}). Name a folder under one you can write to, e.g. --out results."
-        )
-    try:
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as e:
-        return (
-            f"--out expects a folder that can be written, got {out!r}, which cannot be written "
-            f"({e.strerror or e}). Name a folder you can write to, or fix its permissions."
-        )
+        return str(e)
     return None
 
 
@@ -472,7 +462,9 @@ def _number(kind: type, low: float, high: float | None = None, *, open_low: bool
 
     def parse(text: str) -> Any:
         what = f"{'a whole number' if kind is int else 'a number'} "
-        what += f"{'>' if open_low else '>='} {low:g}" + (f" and < {high:g}" if high else "")
+        what += f"{'>' if open_low else '>='} {low:g}" + (
+            f" and < {high:{'d' if kind is int else 'g'}}" if high else ""
+        )
         try:
             value = kind(text)
         except ValueError:
@@ -500,7 +492,7 @@ def _hidden(text: str) -> tuple[int, ...]:
 def _train_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
     from jaxnn.activations import ACTIVATIONS
     from jaxnn.data import DATASETS
-    from jaxnn.run import OPTIMIZERS, RunConfig
+    from jaxnn.run import OPTIMIZERS, SEED_LIMIT, RunConfig
 
     d = RunConfig()
     p = sub.add_parser("train", parents=[quiet], help="train an MLP on a data set")
@@ -576,7 +568,12 @@ def _train_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
         help="data parallelism: replicate the model on N local devices and split each "
         "minibatch among them; --batch-size must be divisible by N (default: 1)",
     )
-    a("--seed", type=_number(int, 0), default=d.seed, help="default: 0")
+    a(
+        "--seed",
+        type=_number(int, 0, SEED_LIMIT),
+        default=d.seed,
+        help=f"a whole number in [0, {SEED_LIMIT}): JAX keys keep 32 bits of a seed (default: 0)",
+    )
     a(
         "--checkpoint",
         default=None,
@@ -588,22 +585,32 @@ def _train_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue from the latest checkpoint in --checkpoint DIR",
     )
+    a(
+        "--fallback",
+        action="store_true",
+        help="with --resume: if the latest checkpoint is damaged, resume from the newest intact "
+        "one and set the damaged ones aside (renamed DIR/N.damaged; nothing is deleted)",
+    )
     a("--out", default="runs", help="folder for metrics.json and learning_curve.png "
       "(default: runs)")  # fmt: skip
     p.set_defaults(run=train)
 
 
 def train(args: argparse.Namespace) -> int:
+    from jaxnn import checkpoint as _checkpoint
     from jaxnn import run as _run
 
-    if args.resume and args.checkpoint is None:
-        print("jaxnn train: --resume needs --checkpoint DIR (the folder to resume from).",
-              file=sys.stderr)  # fmt: skip
+    def fail(message: str) -> int:
+        print(f"jaxnn train: {message}", file=sys.stderr)
         return 2
+
+    if args.resume and args.checkpoint is None:
+        return fail("--resume needs --checkpoint DIR (the folder to resume from).")
+    if args.fallback and not args.resume:
+        return fail("--fallback applies to --resume (resume from the newest intact checkpoint).")
     problem = _check_out(args.out)
     if problem:
-        print(f"jaxnn train: {problem}", file=sys.stderr)
-        return 2
+        return fail(problem)
     config = _run.RunConfig(
         data=args.data, data_dir=args.data_dir, hidden=tuple(args.hidden),
         activation=args.activation, batchnorm=args.batchnorm, dropout=args.dropout,
@@ -612,14 +619,55 @@ def train(args: argparse.Namespace) -> int:
         compute_dtype=args.compute_dtype, devices=args.devices,
     )  # fmt: skip
     try:
-        _run.run(
+        result = _run.run(
             config, out=args.out, checkpoint_dir=args.checkpoint, resume=args.resume,
-            progress=False if args.quiet else None,
+            fallback=args.fallback, progress=False if args.quiet else None,
             log=lambda line: tqdm.write(line, file=sys.stdout),
         )  # fmt: skip
-    except (ValueError, OSError, ImportError) as e:  # bad data, files, options: usage errors
-        print(f"jaxnn train: {e}", file=sys.stderr)
-        return 2
+    except _checkpoint.CheckpointDamaged as e:
+        older = [s for s in e.steps if s < e.step]
+        fix = (
+            f"--fallback resumes from epoch {older[-1]} and sets {e.step} aside"
+            if older
+            else "no earlier checkpoint is intact: start a new run in another folder"
+        )
+        return fail(f"the checkpoint {e.directory / str(e.step)} is damaged ({e.reason}); {fix}.")
+    except _run.Interrupted as e:
+        if e.saved is not None:
+            kept = (
+                f"{e.checkpoint_dir} holds epochs up to {e.saved}: continue with the same "
+                f"options and --checkpoint {e.checkpoint_dir} --resume"
+            )
+        else:
+            kept = "no checkpoint was saved (--checkpoint DIR keeps one after each epoch)"
+        record = f"; {e.written[0]} holds the record" if e.written else ""
+        print(
+            f"jaxnn train: interrupted after {e.epochs} epoch(s); {kept}{record}.",
+            file=sys.stderr,
+        )
+        return 130
+    except (ValueError, TypeError, OSError, ImportError) as e:  # bad data, files, options
+        return fail(str(e))
+    diverged = result.get("diverged")
+    if diverged:
+        values = ", ".join(f"{k} {v}" for k, v in diverged["values"].items())
+        kept = (
+            f"; {args.checkpoint} holds epoch {result['test_epoch']} (the latest finite state)"
+            if args.checkpoint is not None and result["test_epoch"]
+            else ""
+        )
+        tested = (
+            f"epoch {result['test_epoch']}, the best finite one"
+            if result["test_epoch"]
+            else "the initial state (no epoch was finite)"
+        )
+        print(
+            f"jaxnn train: the run diverged at epoch {diverged['epoch']} ({values}) and "
+            f"stopped; {Path(args.out) / 'metrics.json'} holds its record, with the test "
+            f"metrics of {tested}{kept}. Lower --lr, or look for NaN or inf in the data.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -735,8 +783,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="jaxnn",
         description=doc.split("\n\n")[0],
-        epilog="exit status: 0 success; 1 a gradient mismatch or a failed experiment; 2 a "
-        "usage error, an --import that cannot be imported, or audit cases that raised.",
+        epilog="exit status: 0 success; 1 a gradient mismatch, a failed experiment or a "
+        "diverged training run; 2 a usage error, an --import that cannot be imported, or audit "
+        "cases that raised; 130 interrupted (Ctrl-C).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     quiet = argparse.ArgumentParser(add_help=False)
@@ -778,7 +827,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     do (``SystemExit(0)``).
     """
     args = _parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:  # Ctrl-C outside a training run: one line, the shell's 130
+        print(f"jaxnn {args.command}: interrupted.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ Reductions, named:
 * the cross-entropies — the mean over the batch (every axis but the last, the class axis,
   for the softmax ones; every element for the binary one).
 
-:class:`Loss` bundles a loss with its gradient; :data:`LOSSES` lists them by name.
+:class:`Loss` bundles a loss with its gradient and what it is (its reduction over the batch,
+what its targets are, how to predict a class from its outputs); :data:`LOSSES` lists them by
+name.
 
 **Values.** Targets are validated when they are concrete: integer labels in ``[0, classes)``,
 probability rows for :func:`softmax_cross_entropy` (non-negative, summing to 1 within
@@ -46,10 +48,14 @@ from jaxnn.activations import log_softmax, sigmoid, softmax, softplus
 
 __all__ = [
     "LOSSES",
+    "REDUCTIONS",
+    "TARGETS",
     "Loss",
     "binary_cross_entropy_with_logits",
     "binary_cross_entropy_with_logits_grad",
+    "check_targets",
     "get",
+    "is_classification",
     "masked",
     "mean_squared_error",
     "mean_squared_error_grad",
@@ -271,33 +277,131 @@ def binary_cross_entropy_with_logits_grad(logits: ArrayLike, targets: ArrayLike)
 
 # ----------------------------------------------------------------------------- the record
 
+REDUCTIONS = ("mean", "sum")
+TARGETS = ("values", "labels", "probabilities", "binary")
+
 
 class Loss(NamedTuple):
-    """A loss ``fn(predictions, targets) -> scalar`` and its gradient w.r.t. the predictions."""
+    """A loss ``fn(predictions, targets) -> scalar``, its gradient, and what it is.
+
+    Masking (:func:`masked`), the metrics (:mod:`jaxnn.metrics`), ``fit``'s ``monitor``, the
+    target checks (:func:`check_targets`) and the audit read these fields, never the name, so
+    a loss of your own behaves as a built-in one::
+
+        Loss("multiclass_hinge", hinge, hinge_grad, reduction="mean", targets="labels")
+
+    Attributes:
+      name: the name :func:`get` knows it by (and the messages use).
+      fn: ``L = fn(predictions, targets)``, a scalar.
+      grad: ``∂L/∂predictions``, hand-derived, the predictions' shape.
+      reduction: how the per-example terms ``ℓ_i`` (example ``i`` along the first axis)
+        combine over the batch: ``"mean"``, ``L = (1/B) Σ_i ℓ_i``, or ``"sum"``,
+        ``L = Σ_i ℓ_i``. :func:`masked` keeps it over the selected examples.
+      targets: what the targets are, and so whether the loss classifies:
+
+        * ``"values"`` — real targets of the predictions' shape (regression: no classes).
+        * ``"labels"`` — integer class indices ``[...]`` for outputs ``[..., classes]``.
+        * ``"probabilities"`` — probability rows ``[..., classes]`` (one-hot or soft); the
+          true class is the row's ``argmax``.
+        * ``"binary"`` — the probability of class 1, the outputs' shape; the true class is
+          ``target > ½``.
+      predict: ``outputs -> predicted class`` (int), for a classification loss; ``None``
+        takes the default of ``targets``: ``argmax`` over the last axis, or ``output > 0``
+        for ``"binary"`` (the outputs are logits: ``σ(z) > ½``).
+    """
 
     name: str
     fn: Callable[[Array, Array], Array]
     grad: Callable[[Array, Array], Array]
+    reduction: str = "mean"
+    targets: str = "values"
+    predict: Callable[[Array], Array] | None = None
 
 
 LOSSES: dict[str, Loss] = {
     loss.name: loss
     for loss in (
-        Loss("squared_error", squared_error, squared_error_grad),
+        Loss("squared_error", squared_error, squared_error_grad, reduction="sum"),
         Loss("mean_squared_error", mean_squared_error, mean_squared_error_grad),
-        Loss("softmax_cross_entropy", softmax_cross_entropy, softmax_cross_entropy_grad),
+        Loss(
+            "softmax_cross_entropy",
+            softmax_cross_entropy,
+            softmax_cross_entropy_grad,
+            targets="probabilities",
+        ),
         Loss(
             "softmax_cross_entropy_with_integer_labels",
             softmax_cross_entropy_with_integer_labels,
             softmax_cross_entropy_with_integer_labels_grad,
+            targets="labels",
         ),
         Loss(
             "binary_cross_entropy_with_logits",
             binary_cross_entropy_with_logits,
             binary_cross_entropy_with_logits_grad,
+            targets="binary",
         ),
     )
 }
+
+
+def is_classification(loss: str | Loss) -> bool:
+    """Whether the loss's targets are classes (its ``targets`` is not ``"values"``)."""
+    return get(loss).targets != "values"
+
+
+def check_targets(
+    loss: str | Loss, targets: ArrayLike, output_shape: tuple[int, ...], who: str
+) -> None:
+    """Refuse concrete targets that ``loss`` cannot take for outputs of ``output_shape``.
+
+    What the loss's ``targets`` says, checked on the values before anything is compiled
+    (under ``jit`` they cannot be; see the module docstring): ``"labels"`` are integers of
+    the outputs' shape without the class axis, each in ``[0, classes)``; ``"probabilities"``
+    are non-negative rows of the outputs' shape summing to 1; ``"binary"`` targets lie in
+    ``[0, 1]``; ``"values"`` have the outputs' shape. A traced ``targets`` is not checked.
+
+    Raises:
+      ValueError, TypeError: naming ``who``, what was expected, what came and the fix.
+    """
+    loss = get(loss)
+    if is_traced(targets):
+        return
+    t = np.asarray(targets)
+    output_shape = tuple(output_shape)
+    if loss.targets == "labels":
+        if not np.issubdtype(t.dtype, np.integer):
+            raise TypeError(
+                f"{who}: the loss {loss.name} takes integer class labels, got targets of dtype "
+                f"{t.dtype}. Convert them with jnp.asarray(targets, jnp.int32) (one-hot rows "
+                f"need a loss with targets='probabilities')."
+            )
+        if t.shape != output_shape[:-1]:
+            raise ValueError(
+                f"{who}: the network's outputs have shape {output_shape}, so the loss "
+                f"{loss.name} needs labels of shape {output_shape[:-1]} (one per example), got "
+                f"{t.shape}."
+            )
+        classes = output_shape[-1]
+        if t.size and (t.min() < 0 or t.max() >= classes):
+            bad = (t < 0) | (t >= classes)
+            raise ValueError(
+                f"{who}: labels must lie in [0, {classes}) for the network's {classes} outputs, "
+                f"got {_first(bad, t)} (values from {t.min()} to {t.max()}). Give the last "
+                f"layer as many units as there are classes, or fix the labels."
+            )
+        return
+    if t.shape != output_shape:
+        raise ValueError(
+            f"{who}: the network's outputs have shape {output_shape}, so the loss {loss.name} "
+            f"needs targets of that shape, got {t.shape}. jaxnn does not broadcast silently."
+        )
+    if loss.targets == "probabilities" and t.size:
+        _probability_rows(f"{who}: {loss.name}", jnp.asarray(t, jnp.result_type(float)))
+    elif loss.targets == "binary" and t.size:
+        _bce_targets(f"{who}: {loss.name}", jnp.asarray(t))
+    elif loss.targets == "values" and not np.issubdtype(t.dtype, np.number):
+        raise TypeError(f"{who}: targets must be numbers, got dtype {t.dtype}.")
 
 
 def masked(loss: str | Loss) -> Loss:
@@ -306,8 +410,8 @@ def masked(loss: str | Loss) -> Loss:
     With per-example losses ``ℓ_i`` (the loss of example ``i`` alone, ``i`` along the first
     axis) and ``mask [batch]`` (bool), the loss keeps its reduction::
 
-        mean losses:    L = Σ_i m_i ℓ_i / Σ_i m_i        ∂L/∂y_i = m_i ∂ℓ_i/∂y_i / Σ_i m_i
-        squared_error:  E = Σ_i m_i ℓ_i                  ∂E/∂y_i = m_i ∂ℓ_i/∂y_i
+        reduction "mean":  L = Σ_i m_i ℓ_i / Σ_i m_i     ∂L/∂y_i = m_i ∂ℓ_i/∂y_i / Σ_i m_i
+        reduction "sum":   L = Σ_i m_i ℓ_i               ∂L/∂y_i = m_i ∂ℓ_i/∂y_i
 
     so that a batch padded to a fixed size and masked gives the loss of its real examples
     (:func:`jaxnn.train.fit` with ``remainder="pad"``). Masked-out examples contribute exactly
@@ -315,7 +419,7 @@ def masked(loss: str | Loss) -> Loss:
     hand-derived gradient, example by example.
     """
     base = get(loss)
-    total = base.name == "squared_error"  # the only loss that sums over the batch
+    total = base.reduction == "sum"
 
     def weights(predictions: Array, targets: tuple[Array, Array]) -> tuple[Array, Array, Array]:
         if not (isinstance(targets, tuple) and len(targets) == 2):
@@ -346,12 +450,20 @@ def masked(loss: str | Loss) -> Loss:
         w = w.reshape(w.shape + (1,) * (y.ndim - 1))
         return jnp.where(w > 0, w * g, 0)
 
-    return Loss(base.name, fn, grad)
+    return base._replace(fn=fn, grad=grad)
 
 
 def get(loss: str | Loss) -> Loss:
-    """Look a loss up by name, or pass a :class:`Loss` through."""
+    """Look a loss up by name, or check a :class:`Loss` and pass it through.
+
+    Raises:
+      ValueError: an unknown name, or a ``Loss`` whose ``reduction`` or ``targets`` is not
+        one of :data:`REDUCTIONS`, :data:`TARGETS`.
+      TypeError: ``loss`` is neither, or a ``Loss`` whose ``fn``, ``grad`` or ``predict`` is
+        not callable.
+    """
     if isinstance(loss, Loss):
+        _check_record(loss)
         return loss
     if not isinstance(loss, str):
         raise TypeError(
@@ -361,3 +473,28 @@ def get(loss: str | Loss) -> Loss:
     if loss not in LOSSES:
         raise unknown_name("loss", str(loss), list(LOSSES), "losses")
     return LOSSES[loss]
+
+
+def _check_record(loss: Loss) -> None:
+    who = f"Loss {loss.name!r}"
+    for field in ("fn", "grad"):
+        if not callable(getattr(loss, field)):
+            raise TypeError(
+                f"{who}: {field} must be a function (predictions, targets) -> array, got "
+                f"{type(getattr(loss, field)).__name__}."
+            )
+    if loss.predict is not None and not callable(loss.predict):
+        raise TypeError(
+            f"{who}: predict must be a function outputs -> class labels, or None, got "
+            f"{type(loss.predict).__name__}."
+        )
+    if loss.reduction not in REDUCTIONS:
+        raise ValueError(
+            f"{who}: reduction must be one of {REDUCTIONS} (how the examples' terms combine "
+            f"over the batch), got {loss.reduction!r}."
+        )
+    if loss.targets not in TARGETS:
+        raise ValueError(
+            f"{who}: targets must be one of {TARGETS} ('values' for regression; 'labels', "
+            f"'probabilities' or 'binary' for a classification loss), got {loss.targets!r}."
+        )

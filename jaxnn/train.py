@@ -40,8 +40,11 @@ all-reduces; the gradient and BatchNorm's statistics stay those of the whole min
 from __future__ import annotations
 
 import functools
+import inspect
 import math
+import numbers
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -55,12 +58,21 @@ from jax.sharding import PartitionSpec as P
 from jaxnn import losses as _losses
 from jaxnn import metrics as _metrics
 from jaxnn import parallel as _parallel
-from jaxnn._checks import all_finite, ensure_input_shape, ensure_positive, is_traced, require
+from jaxnn._checks import (
+    all_finite,
+    ensure_input_shape,
+    ensure_positive,
+    is_traced,
+    refuse_float16,
+    require,
+)
+from jaxnn._trees import differences as _differences
 from jaxnn._typing import Array, ArrayLike, Layer, Params, PRNGKey, State
 from jaxnn.backprop import GRAD_MODES, GradMode, value_and_grad
 from jaxnn.regularization import Penalty
 
 __all__ = [
+    "DivergenceWarning",
     "FitResult",
     "TrainState",
     "evaluate",
@@ -241,7 +253,13 @@ class TrainState(NamedTuple):
             params, state = network.init(init_key, ensure_input_shape(input_shape, network.name))
         else:  # the step donates the state's buffers: the caller's arrays stay valid
             params, state = jax.tree.map(jnp.copy, (params, state))
+        _refuse_float16_params(params, "TrainState.create")
         return cls(params, state, optimizer.init(params), jnp.zeros((), jnp.int32), run_key)
+
+
+def _refuse_float16_params(params: Params, who: str) -> None:
+    for keys, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        refuse_float16(leaf, f"{who}: params{jax.tree_util.keystr(keys)}")
 
 
 def _stream_key(ts: TrainState, stream: int) -> PRNGKey:
@@ -447,9 +465,25 @@ def make_epoch(
     batch_size = _positive_int(batch_size, "make_epoch: batch_size")
     mesh = _parallel.data_mesh(devices, "make_epoch")
     _parallel.batch_size_per_device(batch_size, mesh, "make_epoch")
-    return _make_epoch(
+    if remainder not in REMAINDERS:
+        raise ValueError(f"make_epoch: remainder must be one of {REMAINDERS}, got {remainder!r}.")
+    return _checked_epoch(
         layer, _losses.get(loss), optimizer, batch_size, grad, penalty, remainder, mesh
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_epoch(layer, loss, optimizer, batch_size, grad, penalty, remainder, mesh):
+    """The compiled epoch behind the checks of its concrete arguments (:func:`_check_data`)."""
+    epoch = _make_epoch(layer, loss, optimizer, batch_size, grad, penalty, remainder, mesh)
+
+    def checked(ts: TrainState, x: ArrayLike, targets: ArrayLike) -> tuple[TrainState, Array]:
+        x, targets = _ensure_pair(x, targets, "epoch")
+        _check_data(layer, loss, ts.params, ts.state, x, targets, "epoch")
+        return epoch(ts, x, targets)
+
+    checked.lower = epoch.lower  # the compiled computation, for inspection
+    return checked
 
 
 @functools.lru_cache(maxsize=64)
@@ -501,6 +535,70 @@ def _ensure_pair(x: ArrayLike, targets: ArrayLike, who: str) -> tuple[Array, Arr
     if x.shape[0] == 0:
         raise ValueError(f"{who}: no examples (x.shape={x.shape}).")
     return x, targets
+
+
+def _pair_argument(value: Any, who: str) -> tuple[Array, Array]:
+    """``(x, targets)`` from a ``fit`` argument such as ``train=(x, y)``, checked."""
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        got = (
+            f"a {type(value).__name__} of {len(value)} item(s)"
+            if isinstance(value, tuple | list)
+            else f"a {type(value).__name__}"
+        )
+        raise TypeError(
+            f"{who} must be a pair (x, targets) of arrays with one example per row, got {got}."
+        )
+    return _ensure_pair(*value, who)
+
+
+@functools.lru_cache(maxsize=64)
+def _init_shapes(layer: Layer, features: tuple[int, ...]) -> Any:
+    """The shapes of ``layer.init``'s ``(params, state)`` for examples of shape ``features``."""
+    return jax.eval_shape(lambda key: layer.init(key, (2, *features)), jax.random.key(0))
+
+
+@functools.lru_cache(maxsize=64)
+def _outputs(layer: Layer) -> Callable[[Params, State, Array], Array]:
+    """``layer``'s eval-mode output; :func:`jax.eval_shape` of it gives the outputs' shape."""
+    return lambda params, state, x: layer.apply(params, state, x, train=False)[0]
+
+
+def _check_network(layer: Layer, params: Params, state: State, x: Array, who: str) -> None:
+    """Refuse ``params``/``state`` that are not ``layer``'s for inputs like ``x``."""
+    if not isinstance(layer, Layer):
+        raise TypeError(f"{who}: the network must be a jaxnn Layer (mlp(...), serial(...)), got "
+                        f"{type(layer).__name__}.")  # fmt: skip
+    try:
+        want = _init_shapes(layer, tuple(x.shape[1:]))
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return  # an init that cannot be traced: the layer's own checks stand
+    problems = [f"params/{d}" for d in _differences(want[0], params)]
+    problems += [f"state/{d}" for d in _differences(want[1], state)]
+    if problems:
+        listing = "\n  ".join(
+            problems[:12] + ([f"... {len(problems) - 12} more"] if len(problems) > 12 else [])
+        )
+        raise ValueError(
+            f"{who}: the params and state do not belong to the network {layer.name!r} for "
+            f"inputs of shape {tuple(x.shape)} ({len(problems)} difference(s)):\n  {listing}\n"
+            f"Build the state for this network: TrainState.create(network, optimizer, key, "
+            f"x.shape), or network.init(key, x.shape)."
+        )
+
+
+def _check_data(
+    layer: Layer, loss: _losses.Loss, params: Params, state: State, x: Array, targets: Array,
+    who: str,
+) -> None:  # fmt: skip
+    """The concrete checks of a network's inputs: its params and state, and the targets its
+    outputs must meet (:func:`jaxnn.losses.check_targets`: e.g. labels in ``[0, classes)``)."""
+    _check_network(layer, params, state, x, who)
+    # The outputs of one example (one trace per input shape, cached): the first axis is the
+    # batch in every layer.
+    one = jax.eval_shape(
+        _outputs(layer), params, state, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype)
+    )
+    _losses.check_targets(loss, targets, (x.shape[0], *one.shape[1:]), who)
 
 
 @functools.lru_cache(maxsize=64)
@@ -558,6 +656,7 @@ def predict(
     x = jnp.asarray(x)
     if x.ndim < 1 or x.shape[0] == 0:
         raise ValueError(f"predict: x must be [examples, ...] with examples > 0, got {x.shape}.")
+    _check_network(layer, params, state, x, "predict")
     if mesh is not None:
         params, state, x = _parallel.replicate((params, state, x), mesh)
     return _predictor(layer, batch_size, mesh)(params, state, x)
@@ -580,16 +679,23 @@ def evaluate(
 
     Returns:
       ``{"loss": float, "accuracy": float, "confusion": [[int]]}`` (the last two for the
-      losses of :data:`jaxnn.metrics.CLASSIFICATION_LOSSES` only). ``loss`` is the data loss
+      classification losses only: :func:`jaxnn.losses.is_classification`). ``loss`` is the data loss
       of the whole set (no penalty), as ``loss(predict(...), targets)``; ``confusion[i][j]``
       counts the examples of class ``i`` predicted as ``j``.
     """
     loss = _losses.get(loss)
+    batch_size = _positive_int(batch_size, "evaluate: batch_size")
     mesh = _parallel.data_mesh(devices, "evaluate")
     x, targets = _ensure_pair(x, targets, "evaluate")
+    _check_data(layer, loss, params, state, x, targets, "evaluate")
+    return _evaluate(layer, loss, params, state, x, targets, batch_size, mesh)
+
+
+def _evaluate(layer, loss, params, state, x, targets, batch_size, mesh) -> dict[str, Any]:
+    """:func:`evaluate` of checked arguments."""
     if mesh is not None:
-        targets = _parallel.replicate(targets, mesh)
-    y = predict(layer, params, state, x, batch_size=batch_size, devices=mesh)
+        params, state, x, targets = _parallel.replicate((params, state, x, targets), mesh)
+    y = _predictor(layer, batch_size, mesh)(params, state, x)
     return _scores(loss, y, targets)
 
 
@@ -624,15 +730,23 @@ def _score_fn(loss: _losses.Loss) -> Callable[[Array, Array], tuple[Array, Array
 class FitResult(NamedTuple):
     """What :func:`fit` returns."""
 
-    state: TrainState  # after the last epoch run
-    best: TrainState  # after the best epoch of this call by `monitor` (see best_epoch)
-    best_epoch: int  # 1-based epoch with the best `monitor`, counting `history`; if it is an
-    #                  epoch of the earlier history (a resumed run), `best` is `state`
+    state: TrainState  # after the last epoch run (non-finite if the run diverged)
+    best: TrainState  # after the best epoch of this call by `monitor`, always a finite one
+    #                   (see best_epoch)
+    best_epoch: int  # 1-based epoch with the best finite `monitor`, counting `history`; 0 or
+    #                  an epoch of the earlier history when no epoch of this call beat it:
+    #                  `best` is then `state`, or the starting state if the run diverged
     history: list[dict[str, float]]  # one record per epoch (see fit)
     stopped_early: bool  # whether early stopping ended the run
+    diverged: int | None = None  # the first epoch whose record holds a NaN or inf, if any
+
+
+class DivergenceWarning(RuntimeWarning):
+    """A :func:`fit` epoch ended with a NaN or infinite loss or metric."""
 
 
 _MONITORS = {"val_loss": min, "val_accuracy": max, "loss": min}
+ON_NONFINITE = ("stop", "continue")
 
 
 @functools.lru_cache(maxsize=16)
@@ -642,6 +756,72 @@ def _copier(mesh: Mesh | None) -> Callable[[Any], Any]:
     epoch compiles once (a one-device mesh's copy would otherwise leave the mesh)."""
     copy = functools.partial(jax.tree.map, jnp.copy)
     return jax.jit(copy, out_shardings=None if mesh is None else NamedSharding(mesh, P()))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _nonfinite(record: Mapping[str, Any]) -> list[str]:
+    """``"name value"`` of each number in ``record`` that is NaN or infinite."""
+    return [
+        f"{k} {v}"
+        for k, v in record.items()
+        if k not in ("epoch", "seconds") and _is_number(v) and not math.isfinite(v)
+    ]
+
+
+def _checked_history(history: Any, monitor: str) -> list[dict[str, Any]]:
+    """The earlier epochs' records, checked: mappings numbered 1, 2, ... with the monitor."""
+    if isinstance(history, Mapping | str | bytes) or not isinstance(history, Sequence):
+        raise TypeError(
+            f"fit: history must be a list of the earlier epochs' records (dicts, as "
+            f"FitResult.history holds them), got a {type(history).__name__}."
+        )
+    records = []
+    for i, r in enumerate(history):
+        if not isinstance(r, Mapping):
+            raise TypeError(
+                f"fit: history[{i}] must be a dict (an epoch's record), got a {type(r).__name__}."
+            )
+        epoch = r.get("epoch")
+        if isinstance(epoch, bool) or not isinstance(epoch, int | np.integer) or epoch != i + 1:
+            raise ValueError(
+                f"fit: history[{i}] must be the record of epoch {i + 1} (records numbered 1, "
+                f"2, ... in order, as FitResult.history holds them), got epoch {epoch!r}. Pass "
+                f"the whole history of the run being resumed."
+            )
+        if not _is_number(r.get(monitor)):
+            raise ValueError(
+                f"fit: history[{i}] (epoch {epoch}) has no number for the monitor {monitor!r} "
+                f"(keys: {sorted(r)}). Resume with the monitor the run was trained with, or "
+                f"with the same validation data."
+            )
+        records.append(dict(r))
+    return records
+
+
+def _checked_callback(callback: Any) -> Callable[[int, TrainState, dict[str, float]], Any] | None:
+    if callback is None:
+        return None
+    if not callable(callback):
+        raise TypeError(
+            f"fit: callback must be a function callback(epoch, ts, record), got a "
+            f"{type(callback).__name__}."
+        )
+    try:
+        signature = inspect.signature(callback)
+    except (TypeError, ValueError):  # a builtin without a signature: called as it is
+        return callback
+    try:
+        signature.bind(1, None, {})
+    except TypeError as e:
+        raise TypeError(
+            f"fit: callback must take three arguments, callback(epoch, ts, record), but "
+            f"{getattr(callback, '__name__', 'it')}{signature} cannot ({e}). E.g. "
+            f"lambda epoch, ts, record: ..."
+        ) from None
+    return callback
 
 
 def fit(
@@ -662,6 +842,7 @@ def fit(
     evaluate_train: bool = False,
     history: Sequence[Mapping[str, float]] = (),
     callback: Callable[[int, TrainState, dict[str, float]], None] | None = None,
+    on_nonfinite: Literal["stop", "continue"] = "stop",
     progress: bool | None = False,
     devices: _parallel.Devices = None,
 ) -> FitResult:
@@ -676,6 +857,17 @@ def fit(
          penalty included), "val_loss": ..., "val_accuracy": ..., "train_loss": ...,
          "train_accuracy": ..., "seconds": wall time of the epoch}
 
+    **A run that diverges is noticed.** An epoch whose record holds a NaN or infinite loss or
+    metric ends the run (``on_nonfinite="stop"``) with a :class:`DivergenceWarning` naming
+    the epoch and the values; its record stays in the history, ``diverged`` is its number and
+    ``best`` is the best finite state (the starting state if no epoch was finite).
+
+    Before anything is compiled, the concrete arguments are checked: ``ts`` must hold params
+    and state of ``layer``'s shapes for these inputs, the targets must be what the loss takes
+    (:func:`jaxnn.losses.check_targets`: e.g. integer labels in ``[0, classes)``), ``history``
+    must be records numbered 1, 2, ... holding the monitor, ``callback`` a function of three
+    arguments.
+
     Args:
       layer, loss, optimizer: the network, the loss, an optax ``GradientTransformation``.
       ts: the starting state (:meth:`TrainState.create`, or a restored checkpoint). It is
@@ -686,16 +878,20 @@ def fit(
       grad, penalty: the gradient path and the penalty, as :func:`make_train_step`.
       monitor: the record key that chooses the best epoch and drives early stopping:
         ``"val_loss"`` (default with validation; lower is better), ``"val_accuracy"``
-        (higher is better), or ``"loss"`` (the default without validation).
+        (higher is better), or ``"loss"`` (the default without validation). Only finite
+        values count.
       patience: stop after this many epochs without improvement of ``monitor``; ``None``
         runs every epoch.
       evaluate_train: also record ``train_loss``/``train_accuracy`` in eval mode.
       history: the records of earlier epochs (a resumed run): epochs are numbered on from
-        them and they count towards the best epoch and the patience. ``best`` is a state of
-        this call's epochs.
+        them and they count towards the best epoch and the patience (non-finite values
+        never count as the best). ``best`` is a state of this call's epochs.
       callback: ``callback(epoch, ts, record)`` after each epoch (e.g. to save a
-        checkpoint). ``ts`` is valid during the call only (the next epoch donates it): save
-        or copy it there.
+        checkpoint), the diverged epoch's included (check ``record`` before saving ``ts``).
+        ``ts`` is valid during the call only (the next epoch donates it): save or copy it
+        there.
+      on_nonfinite: ``"stop"`` (default) ends the run after the first epoch whose record is
+        not finite; ``"continue"`` runs every epoch anyway. Both warn once.
       progress: a tqdm bar over the epochs on stderr with the latest metrics; ``None`` shows
         it only when stderr is a terminal.
       devices: data parallelism (:mod:`jaxnn.parallel`): ``None`` (JAX's default device), a
@@ -711,8 +907,12 @@ def fit(
       A :class:`FitResult`.
 
     Raises:
-      ValueError: a bad argument (its message names it and the fix), e.g. ``batch_size``
-        not divisible by the number of devices, or more devices than a process has.
+      ValueError, TypeError: a bad argument (its message names it and the fix), e.g. a
+        ``ts`` of another network, labels out of range, ``batch_size`` not divisible by the
+        number of devices, or more devices than a process has.
+
+    Warns:
+      DivergenceWarning: an epoch's loss or metric is NaN or infinite.
     """
     epochs = _positive_int(epochs, "fit: epochs")
     batch_size = _positive_int(batch_size, "fit: batch_size")
@@ -720,42 +920,52 @@ def fit(
     _parallel.batch_size_per_device(batch_size, mesh, "fit")
     _check_grad_mode(grad)
     loss = _losses.get(loss)
-    x, targets = _ensure_pair(*train, "fit: train")
+    if not isinstance(ts, TrainState):
+        raise TypeError(
+            f"fit: ts must be a TrainState (TrainState.create(network, optimizer, key, "
+            f"x.shape), or a restored checkpoint), got a {type(ts).__name__}."
+        )
+    _refuse_float16_params(ts.params, "fit: ts")
+    x, targets = _pair_argument(train, "fit: train")
     _batches(x.shape[0], batch_size, remainder, "fit")
+    _check_data(layer, loss, ts.params, ts.state, x, targets, "fit: train")
     if validation is not None:
-        val = _ensure_pair(*validation, "fit: validation")
+        val = _pair_argument(validation, "fit: validation")
+        _check_data(layer, loss, ts.params, ts.state, *val, "fit: validation")
     monitor = monitor or ("val_loss" if validation is not None else "loss")
     if monitor not in _MONITORS or (monitor.startswith("val_") and validation is None):
         raise ValueError(
             f"fit: monitor must be one of {sorted(_MONITORS)} ('val_*' need validation data), "
             f"got {monitor!r}."
         )
-    if monitor == "val_accuracy" and not _metrics.is_classification(loss):
+    if monitor == "val_accuracy" and not _losses.is_classification(loss):
         raise ValueError(
-            f"fit: monitor='val_accuracy' needs a classification loss, got {loss.name}."
+            f"fit: monitor='val_accuracy' needs a classification loss (targets 'labels', "
+            f"'probabilities' or 'binary'), got {loss.name} (targets={loss.targets!r})."
         )
     if patience is not None:
         patience = _positive_int(patience, "fit: patience")
+    if on_nonfinite not in ON_NONFINITE:
+        raise ValueError(f"fit: on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}.")
+    records = _checked_history(history, monitor)
+    callback = _checked_callback(callback)
     better = _MONITORS[monitor]
 
-    epoch_fn = make_epoch(
-        layer, loss, optimizer, batch_size=batch_size, grad=grad, penalty=penalty,
-        remainder=remainder, devices=mesh,
-    )  # fmt: skip
+    epoch_fn = _make_epoch(layer, loss, optimizer, batch_size, grad, penalty, remainder, mesh)
     if mesh is not None:  # once: the epochs and evaluations then find everything in place
         ts, x, targets = _parallel.replicate((ts, x, targets), mesh)
         if validation is not None:
             val = _parallel.replicate(val, mesh)
     copy = _copier(mesh)
+    start = ts  # never donated: the state to fall back on if no epoch of this call is finite
     ts = copy(ts)  # the caller's state survives the donation
-    records = [dict(r) for r in history]
-    scored = [r[monitor] for r in records if monitor in r]
+    scored = [r[monitor] for r in records if math.isfinite(r[monitor])]
     best_value = better(scored) if scored else None
-    best, best_epoch, waited = ts, len(records), 0
-    if scored:
-        waited = (
-            len(records) - 1 - max(i for i, r in enumerate(records) if r.get(monitor) == best_value)
-        )
+    best, best_epoch, waited = start, len(records), 0
+    if scored:  # the earlier best (its latest epoch, on ties) and the epochs since
+        best_epoch = max(r["epoch"] for r in records if r[monitor] == best_value)
+        waited = len(records) - best_epoch
+    diverged = None
 
     from tqdm.auto import tqdm  # a runtime dependency; imported where it is used
 
@@ -763,36 +973,53 @@ def fit(
                disable=None if progress is None else not progress, leave=False)  # fmt: skip
     stopped = False
     for epoch in bar:
-        start = time.perf_counter()
+        begin = time.perf_counter()
         ts, losses = epoch_fn(ts, x, targets)
         record: dict[str, float] = {"epoch": epoch, "loss": float(jnp.mean(losses))}
         if validation is not None:
-            scores = evaluate(layer, loss, ts.params, ts.state, *val, devices=mesh)
+            scores = _evaluate(layer, loss, ts.params, ts.state, *val, 1024, mesh)
             record.update({f"val_{k}": v for k, v in scores.items() if k != "confusion"})
         if evaluate_train:
-            scores = evaluate(layer, loss, ts.params, ts.state, x, targets, devices=mesh)
+            scores = _evaluate(layer, loss, ts.params, ts.state, x, targets, 1024, mesh)
             record.update({f"train_{k}": v for k, v in scores.items() if k != "confusion"})
-        record["seconds"] = time.perf_counter() - start
+        record["seconds"] = time.perf_counter() - begin
         records.append(record)
         bar.set_postfix(
             {k: round(v, 4) for k, v in record.items() if k not in ("epoch", "seconds")}
         )
         value = record[monitor]
-        if not math.isfinite(value):
-            improved = False
-        else:
-            improved = best_value is None or better(value, best_value) != best_value
+        improved = math.isfinite(value) and (
+            best_value is None or better(value, best_value) != best_value
+        )
         if improved:
             best_value, best_epoch, waited = value, epoch, 0
             best = copy(ts)  # the next epoch donates ts's buffers
         else:
             waited += 1
+        bad = _nonfinite(record)
+        if bad and diverged is None:
+            diverged = epoch
+            kept = (
+                f"the state after epoch {best_epoch} ({monitor} {best_value:.6g})"
+                if best_epoch > len(history)
+                else "the state fit started from"
+            )
+            what = "stopped" if on_nonfinite == "stop" else "going on (on_nonfinite='continue')"
+            warnings.warn(
+                f"fit: the run diverged at epoch {epoch}: {', '.join(bad)}; {what}. "
+                f"FitResult.best is {kept}. Lower the learning rate, or look for NaN or inf "
+                f"in the data; jaxnn.checking.checked(step) names the first non-finite step.",
+                DivergenceWarning,
+                stacklevel=2,
+            )
         if callback is not None:
             callback(epoch, ts, record)
+        if bad and on_nonfinite == "stop":
+            break
         if patience is not None and waited >= patience:
             stopped = True
             break
     bar.close()
     if best_epoch <= len(history):  # no epoch of this call beat the earlier ones
-        best = ts
-    return FitResult(ts, best, best_epoch, records, stopped)
+        best = ts if diverged is None else start
+    return FitResult(ts, best, best_epoch, records, stopped, diverged)

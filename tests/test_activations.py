@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl.testing import parameterized
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numerics import RTOL, norm_rel_err
@@ -512,3 +512,61 @@ def test_gelu_keeps_relative_precision_for_negative_inputs(x):
     assert float(A.gelu_derivative(jnp.float64(x))) == pytest.approx(
         phi + x * pdf, rel=100 * rtol, abs=0
     )
+
+
+# ----------------------------------------------------------------------------- NaN propagates
+
+# Each activation's counterpart in jax.nn (the reference for where a NaN input gives NaN).
+JAX_NN = {
+    "identity": lambda x: x,
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+    "leaky_relu": jax.nn.leaky_relu,
+    "elu": jax.nn.elu,
+    "selu": jax.nn.selu,
+    "softplus": jax.nn.softplus,
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "silu": jax.nn.silu,
+    "swish": jax.nn.swish,
+    "softmax": jax.nn.softmax,
+    "log_softmax": jax.nn.log_softmax,
+}
+
+
+def test_every_activation_has_a_jax_nn_counterpart_for_the_nan_test():
+    assert set(JAX_NN) == set(A.ACTIVATIONS)
+
+
+@settings(max_examples=14)  # each activation about once; the shapes pooled
+@given(
+    name=st.sampled_from(NAMES),
+    shape=st.sampled_from([(4,), (3, 5), (2, 3, 4)]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_a_nan_input_gives_nan_where_jax_nn_gives_nan(name, shape, seed):
+    """NaN is never mapped to a number: the output is NaN exactly where jax.nn's is, on the
+    forward, the VJP's output and the network's loss; finite elements are untouched."""
+    rng = np.random.default_rng(seed)
+    x = 3 * rng.standard_normal(shape)
+    x[rng.random(shape) < 0.3] = np.nan
+    x.flat[rng.integers(x.size)] = np.nan  # at least one
+    act = A.get(name)
+    y, y_ref = np.asarray(act.fn(jnp.asarray(x))), np.asarray(JAX_NN[name](jnp.asarray(x)))
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
+    assert np.isnan(y).any()
+    y_vjp, backward = act.vjp(jnp.asarray(x))
+    np.testing.assert_array_equal(np.isnan(np.asarray(y_vjp)), np.isnan(y))
+    # A NaN cotangent is never swallowed by the hand backward: dy * f'(x) or the softmax rules.
+    dy = rng.standard_normal(shape)
+    dy.flat[0] = np.nan
+    assert np.isnan(np.asarray(backward(jnp.asarray(dy)))).any()
+
+
+def test_relu_of_nan_is_nan_and_its_derivative_is_jax_nns_on_both_paths():
+    x = jnp.array([jnp.nan, -jnp.inf, -1.0, 0.0, 2.0, jnp.inf])
+    np.testing.assert_array_equal(A.relu(x), [np.nan, 0.0, 0.0, 0.0, 2.0, np.inf])
+    grads = jax.vmap(jax.grad(A.relu))(x)  # autodiff of jaxnn's forward
+    np.testing.assert_array_equal(A.relu_derivative(x), grads)
+    np.testing.assert_array_equal(grads, jax.vmap(jax.grad(jax.nn.relu))(x))  # 0 at NaN

@@ -21,6 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import test_batchnorm
+import test_checkpoint
+import test_combinators
+import test_data
+import test_layers
+import test_mixed_precision
 from jax.experimental import checkify
 from numerics import RTOL
 
@@ -31,6 +37,7 @@ from jaxnn import checking, cli, gradcheck, train
 from jaxnn import initializers as inits
 from jaxnn import losses as L
 from jaxnn import regularization as R
+from jaxnn import run as jaxnn_run
 from jaxnn.activations import get as get_activation
 from jaxnn.backprop import backprop
 
@@ -227,8 +234,8 @@ API_ROWS = [
         "mlp-compute-dtype-int",
         lambda: jaxnn.mlp([3], compute_dtype=jnp.int8),
         TypeError,
-        "mlp: compute_dtype must be a floating-point dtype (jnp.bfloat16, jnp.float16, "
-        "jnp.float32 or jnp.float64) or None, got dtype int8. Use jnp.bfloat16 for mixed",
+        "mlp: compute_dtype must be a floating-point dtype (jnp.bfloat16, jnp.float32 or "
+        "jnp.float64) or None, got dtype int8. Use jnp.bfloat16 for mixed",
     ),
     ("init-negative-dim", lambda: jaxnn.mlp([3]).init(KEY, (4, -3)), TypeError, "got (4, -3)"),
     ("dense-negative", lambda: jaxnn.dense(-3), ValueError, "positive int"),
@@ -701,6 +708,189 @@ def test_batchnorm_mask_of_one_example_is_finite_and_the_checking_mode_raises():
         checking.checked(layer.apply)(params, state, x, train=True, mask=mask)
 
 
+# ============================================================================= trust at the edges
+# Issue 17: what reaches the training engine, run, the checkpoints and the data files from
+# outside: every concrete input is checked where it is concrete, and a message names the
+# argument or field. Each row is (id, thunk(tmp_path), exception type, fragment); the ids of
+# the cases the issue reported start with "17-", the others are ours.
+
+CE = "softmax_cross_entropy_with_integer_labels"
+
+
+def _two_class():
+    """A 2-class network, its state, and 8 examples with valid labels."""
+    net = jaxnn.mlp([4, 2], "relu")
+    ts = train.TrainState.create(net, optax.sgd(0.1), KEY, (8, 3))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((8, 3)))
+    return net, ts, x, jnp.asarray([0, 1] * 4)
+
+
+def _fit(tmp_path=None, **kw):
+    net, ts, x, y = _two_class()
+    args = {"train": (x, y), "epochs": 1, "batch_size": 4, **kw}
+    return train.fit(kw.pop("net", net), CE, optax.sgd(0.1), kw.pop("ts", ts), **{
+        k: v for k, v in args.items() if k not in ("net", "ts")})  # fmt: skip
+
+
+def _labels(*values):
+    return jnp.asarray(values * 4)[:8]
+
+
+def _evaluate(**kw):
+    """``evaluate`` of the 2-class network's state; ``state_of`` builds the state of another."""
+    net, ts, x, y = _two_class()
+    if "state_of" in kw:
+        ts = train.TrainState.create(kw.pop("state_of"), optax.sgd(0.1), KEY, (8, 3))
+    kw = {"x": x, "targets": y, **kw}
+    return train.evaluate(kw.pop("net", net), kw.pop("loss", CE), ts.params, ts.state, **kw)
+
+
+def _config(**kw):
+    from jaxnn.run import RunConfig
+
+    return RunConfig(**kw)
+
+
+def _train_run(tmp_path, **kw):
+    from jaxnn.run import RunConfig, run
+
+    return run(RunConfig(hidden=(4,), epochs=1), **kw)
+
+
+def _saved_run(tmp_path):
+    from jaxnn import checkpoint
+
+    checkpoint.save(tmp_path / "ck", {"a": jnp.ones(2)}, step=1)
+    return tmp_path / "ck"
+
+
+def _user_folder(tmp_path):
+    (tmp_path / "proj" / "7").mkdir(parents=True)
+    (tmp_path / "proj" / "7" / "notes.txt").write_text("mine")
+    return tmp_path / "proj"
+
+
+def _file(tmp_path):
+    (tmp_path / "f.txt").write_text("x")
+    return tmp_path / "f.txt"
+
+
+def _loss(**kw):
+    return L.get(
+        L.Loss(**{"name": "mine", "fn": L.squared_error, "grad": L.squared_error_grad, **kw})
+    )
+
+
+EDGE_ROWS = [
+    # ---------------------------------------------------------------- [17] reported
+    ("17-fit-label-too-large", lambda p: _fit(train=(_two_class()[2], _labels(0, 5))), ValueError, "fit: train: labels must lie in [0, 2) for the network's 2 outputs, got 5"),
+    ("17-fit-label-negative", lambda p: _fit(train=(_two_class()[2], _labels(-1, 0))), ValueError, "labels must lie in [0, 2)"),
+    ("17-fit-validation-label", lambda p: _fit(validation=(_two_class()[2], _labels(0, 5))), ValueError, "fit: validation: labels must lie in [0, 2)"),
+    ("17-evaluate-label", lambda p: _evaluate(targets=_labels(0, 2)), ValueError, "evaluate: labels must lie in [0, 2)"),
+    ("17-fit-state-of-another-network", lambda p: _fit(net=jaxnn.mlp([8, 2], "relu")), ValueError, "params/dense_0/w: shape (3, 4), expected (3, 8)"),
+    ("17-run-epochs-0", lambda p: _config(epochs=0), ValueError, "RunConfig.epochs must be a whole number >= 1, got int 0"),
+    ("17-run-epochs-negative", lambda p: _config(epochs=-5), ValueError, "RunConfig.epochs must be a whole number >= 1"),
+    ("17-run-l2-negative", lambda p: _config(l2=-1), ValueError, "RunConfig.l2 must be a number >= 0"),
+    ("17-run-batchnorm-no", lambda p: _config(batchnorm="no"), TypeError, "RunConfig.batchnorm must be True or False, got str 'no'"),
+    ("17-run-hidden-string", lambda p: _config(hidden="8,4"), TypeError, "RunConfig.hidden must be a sequence of layer sizes"),
+    ("17-run-lr-string", lambda p: _config(lr="0.1"), TypeError, "RunConfig.lr must be a positive number, got str '0.1'"),
+    ("17-run-batch-size-float", lambda p: _config(batch_size=2.0), TypeError, "RunConfig.batch_size must be a whole number"),
+    ("17-history-epoch-7", lambda p: _fit(history=[{"epoch": 7}]), ValueError, "history[0] must be the record of epoch 1"),
+    ("17-history-without-monitor", lambda p: _fit(history=[{"epoch": 1, "loss": 0.5}], validation=_two_class()[2:]), ValueError, "has no number for the monitor 'val_loss'"),
+    ("17-fit-validation-triple", lambda p: _fit(validation=(*_two_class()[2:], _two_class()[3])), TypeError, "fit: validation must be a pair (x, targets)"),
+    ("17-fit-train-single", lambda p: _fit(train=(_two_class()[2],)), TypeError, "fit: train must be a pair (x, targets) of arrays with one example per row, got a tuple of 1 item(s)"),
+    ("17-history-dict", lambda p: _fit(history={"epoch": 1}), TypeError, "history must be a list of the earlier epochs' records"),
+    ("17-callback-not-callable", lambda p: _fit(callback="save"), TypeError, "callback must be a function callback(epoch, ts, record)"),
+    ("17-callback-arity", lambda p: _fit(callback=lambda epoch: None), TypeError, "callback must take three arguments"),
+    ("17-run-seed-2-63", lambda p: _config(seed=2**63), ValueError, "RunConfig.seed must be a whole number >= 0 and < 4294967296"),
+    ("17-checkpoint-is-a-file", lambda p: _train_run(p, checkpoint_dir=_file(p)), NotADirectoryError, "f.txt"),
+    ("17-checkpoint-user-folder", lambda p: _train_run(p, checkpoint_dir=_user_folder(p)), ValueError, "7/"),
+    ("17-checkpoint-of-another-run", lambda p: _train_run(p, checkpoint_dir=_saved_run(p)), ValueError, "holds the checkpoints of a run (epochs [1])"),
+    ("17-float16-params-create", lambda p: train.TrainState.create(jaxnn.mlp([2]), optax.adam(1e-3), KEY, params={"dense_0": {"w": jnp.ones((3, 2), jnp.float16), "b": jnp.zeros(2, jnp.float16)}}, state={}), TypeError, "TrainState.create: params['dense_0']['b'] is float16, which jaxnn refuses"),
+    ("17-float16-params-fit", lambda p: _fit(ts=_two_class()[1]._replace(params=jax.tree.map(lambda a: a.astype(jnp.float16), _two_class()[1].params))), TypeError, "fit: ts: params['dense_0']['b'] is float16"),
+    # ---------------------------------------------------------------- ours: fit, evaluate, predict, make_epoch
+    ("fit-ts-not-a-train-state", lambda p: _fit(ts=(1, 2)), TypeError, "fit: ts must be a TrainState"),
+    ("fit-on-nonfinite-unknown", lambda p: _fit(on_nonfinite="ignore"), ValueError, "on_nonfinite must be one of ('stop', 'continue')"),
+    ("fit-history-monitor-string", lambda p: _fit(history=[{"epoch": 1, "loss": "0.5"}]), ValueError, "has no number for the monitor 'loss'"),
+    ("fit-history-not-records", lambda p: _fit(history=[1, 2]), TypeError, "history[0] must be a dict"),
+    ("fit-history-string", lambda p: _fit(history="epoch 1"), TypeError, "got a str"),
+    ("fit-history-epoch-bool", lambda p: _fit(history=[{"epoch": True, "loss": 1.0}]), ValueError, "got epoch True"),
+    ("fit-float-labels", lambda p: _fit(train=(_two_class()[2], jnp.zeros(8))), TypeError, "takes integer class labels, got targets of dtype float"),
+    ("fit-labels-2d", lambda p: _fit(train=(_two_class()[2], jnp.zeros((8, 1), jnp.int32))), ValueError, "needs labels of shape (8,) (one per example), got (8, 1)"),
+    ("fit-train-lengths", lambda p: _fit(train=(_two_class()[2], jnp.zeros(7, jnp.int32))), ValueError, "same number of examples"),
+    ("fit-callback-keyword-only", lambda p: _fit(callback=lambda *, epoch, ts, record: None), TypeError, "callback must take three arguments"),
+    ("evaluate-state-of-another-network", lambda p: _evaluate(net=jaxnn.mlp([4, 3], "relu")), ValueError, "params/dense_2/w: shape (4, 2), expected (4, 3)"),
+    ("evaluate-probabilities-not-rows", lambda p: _evaluate(loss="softmax_cross_entropy", targets=jnp.ones((8, 2))), ValueError, "each row of labels must sum to 1"),
+    ("evaluate-bce-targets", lambda p: _evaluate(net=jaxnn.mlp([4, 1], "relu"), state_of=jaxnn.mlp([4, 1], "relu"), loss="binary_cross_entropy_with_logits", targets=jnp.full((8, 1), 2.0)), ValueError, "targets must lie in [0, 1]"),
+    ("evaluate-mse-shape", lambda p: _evaluate(loss="mean_squared_error", targets=jnp.ones(8)), ValueError, "needs targets of that shape, got (8,)"),
+    ("evaluate-batch-size-0", lambda p: _evaluate(batch_size=0), ValueError, "evaluate: batch_size must be a positive int"),
+    ("predict-state-of-another-network", lambda p: train.predict(jaxnn.mlp([5, 2]), *_two_class()[1][:2], _two_class()[2]), ValueError, "predict: the params and state do not belong to the network"),
+    ("predict-state-of-another-input", lambda p: train.predict(_two_class()[0], *_two_class()[1][:2], jnp.ones((8, 4))), ValueError, "for inputs of shape (8, 4)"),
+    ("epoch-label-out-of-range", lambda p: train.make_epoch(_two_class()[0], CE, optax.sgd(0.1), batch_size=4)(_two_class()[1], _two_class()[2], _labels(0, 9)), ValueError, "epoch: labels must lie in [0, 2)"),
+    ("epoch-state-of-another-network", lambda p: train.make_epoch(jaxnn.mlp([6, 2]), CE, optax.sgd(0.1), batch_size=4)(*_two_class()[1:]), ValueError, "epoch: the params and state do not belong"),
+    ("epoch-remainder", lambda p: train.make_epoch(_two_class()[0], CE, optax.sgd(0.1), batch_size=4, remainder="keep"), ValueError, "remainder must be one of ('drop', 'pad')"),
+    # ---------------------------------------------------------------- ours: a loss says what it is
+    ("loss-reduction-unknown", lambda p: _loss(reduction="avg"), ValueError, "reduction must be one of ('mean', 'sum')"),
+    ("loss-targets-unknown", lambda p: _loss(targets="classes"), ValueError, "targets must be one of ('values', 'labels', 'probabilities', 'binary')"),
+    ("loss-fn-not-callable", lambda p: _loss(fn=None), TypeError, "fn must be a function (predictions, targets)"),
+    ("loss-predict-not-callable", lambda p: _loss(predict=3), TypeError, "predict must be a function outputs -> class labels"),
+    ("metrics-of-a-regression-loss", lambda p: jaxnn.metrics.accuracy(jnp.ones((2, 2)), jnp.ones((2, 2)), _loss()), ValueError, "'mine' is a regression loss (targets='values')"),
+    ("fit-val-accuracy-regression", lambda p: train.fit(jaxnn.mlp([2]), _loss(), optax.sgd(0.1), train.TrainState.create(jaxnn.mlp([2]), optax.sgd(0.1), KEY, (8, 3)), (jnp.ones((8, 3)), jnp.ones((8, 2))), epochs=1, batch_size=4, validation=(jnp.ones((8, 3)), jnp.ones((8, 2))), monitor="val_accuracy"), ValueError, "needs a classification loss (targets 'labels', 'probabilities' or 'binary'), got mine"),
+    # ---------------------------------------------------------------- ours: run and RunConfig
+    ("run-data-unknown", lambda p: _config(data="cifar"), ValueError, "RunConfig.data must be one of"),
+    ("run-activation-unknown", lambda p: _config(activation="swishy"), ValueError, "RunConfig.activation must be one of"),
+    ("run-optimizer-unknown", lambda p: _config(optimizer="lion"), ValueError, "RunConfig.optimizer must be one of adam, adamw, momentum, sgd"),
+    ("run-dropout-1", lambda p: _config(dropout=1.0), ValueError, "RunConfig.dropout must be a number in [0, 1)"),
+    ("run-dropout-nan", lambda p: _config(dropout=math.nan), ValueError, "RunConfig.dropout must be a number in [0, 1)"),
+    ("run-lr-inf", lambda p: _config(lr=math.inf), ValueError, "RunConfig.lr must be a positive number"),
+    ("run-lr-bool", lambda p: _config(lr=True), TypeError, "RunConfig.lr must be a positive number, got bool True"),
+    ("run-grad-unknown", lambda p: _config(grad="numeric"), ValueError, "RunConfig.grad must be one of autodiff, manual"),
+    ("run-compute-dtype-float16", lambda p: _config(compute_dtype="float16"), ValueError, "RunConfig.compute_dtype must be one of bfloat16, float32"),
+    ("run-devices-0", lambda p: _config(devices=0), ValueError, "RunConfig.devices must be a whole number >= 1"),
+    ("run-hidden-0", lambda p: _config(hidden=(8, 0)), ValueError, "RunConfig.hidden[1] must be a whole number >= 1"),
+    ("run-hidden-bool", lambda p: _config(hidden=(8, True)), TypeError, "RunConfig.hidden[1] must be a whole number"),
+    ("run-data-dir-int", lambda p: _config(data_dir=3), TypeError, "RunConfig.data_dir must be a folder's path or None"),
+    ("run-seed-negative", lambda p: _config(seed=-1), ValueError, "RunConfig.seed must be a whole number >= 0"),
+    ("run-seed-2-32", lambda p: _config(seed=2**32), ValueError, "< 4294967296"),
+    ("run-not-a-config", lambda p: jaxnn_run.run({"epochs": 1}), TypeError, "config must be a RunConfig"),
+    ("run-fallback-without-resume", lambda p: _train_run(p, fallback=True), ValueError, "fallback applies to resuming"),
+    ("run-resume-without-checkpoint", lambda p: _train_run(p, resume=True), ValueError, "resume needs a checkpoint folder"),
+    ("run-out-is-a-file", lambda p: _train_run(p, out=_file(p)), NotADirectoryError, "which is a file"),
+]  # fmt: skip
+
+
+# The rows that need their module's fixtures (IDX writers, saved checkpoints, BatchNorm
+# batches) are listed beside them, in that module's test file, and run here, in one table.
+EDGE_TABLE = [
+    *EDGE_ROWS,
+    *((f"checkpoint-{r[0]}", *r[1:]) for r in test_checkpoint.BAD_CHECKPOINT_ROWS),
+    *((f"data-{r[0]}", *r[1:]) for r in test_data.BAD_EDGE_ROWS),
+    *((f"batchnorm-{r[0]}", *r[1:]) for r in test_batchnorm.BAD_EDGE_ROWS),
+    *((f"precision-{r[0]}", *r[1:]) for r in test_mixed_precision.BAD_EDGE_ROWS),
+    *((f"layers-{r[0]}", *r[1:]) for r in test_layers.BAD_EDGE_ROWS),
+    *((f"combinators-{r[0]}", *r[1:]) for r in test_combinators.BAD_EDGE_ROWS),
+]
+
+
+@pytest.mark.parametrize(
+    ("row", "thunk", "exc", "fragment"), EDGE_TABLE, ids=[r[0] for r in EDGE_TABLE]
+)
+def test_bad_input_at_the_edges_is_a_clear_error(tmp_path, row, thunk, exc, fragment):
+    with pytest.raises(exc) as info:
+        thunk(tmp_path)
+    assert type(info.value) is exc  # e.g. a checkpoint mismatch is no CheckpointDamaged
+    assert fragment in str(info.value), str(info.value)
+    if row.startswith("data-"):
+        assert "\n" not in str(info.value)  # a data file's fault: one line on the command line
+
+
+def test_the_edge_table_holds_every_reported_case_and_30_of_ours():
+    ids = [r[0] for r in EDGE_TABLE]
+    assert len(set(ids)) == len(ids)
+    ours = [i for i in ids if not i.startswith("17-")]
+    assert len(ours) >= 30
+
+
 # ============================================================================= the command line
 # The ``jaxnn`` command as a Unix tool: exit codes, messages, progress on stderr only.
 #
@@ -873,6 +1063,13 @@ CLI_ROWS = [
     pytest.param(["train", "--out", "taken.txt"], False, 2, "err", "got 'taken.txt', which is a file", id="train-out-is-a-file"),
     pytest.param(["train", "--data", "mnist", "--out", "o"], False, 2, "err", "--data-dir", id="train-mnist-without-data-dir"),
     pytest.param(["train", "--data", "mnist", "--data-dir", "nowhere", "--out", "o"], False, 2, "no-err", "Traceback", id="train-mnist-missing-files"),
+    # [17] the command line ends cleanly: every option's range checked, one line, exit 2
+    pytest.param(["train", "--seed", "9223372036854775808"], False, 2, "err", "expected a whole number >= 0 and < 4294967296, got '9223372036854775808'", id="17-train-seed-2-63"),
+    pytest.param(["train", "--seed", str(2**70)], False, 2, "err", "expected a whole number >= 0 and < 4294967296", id="17-train-seed-2-70"),
+    pytest.param(["train", "--seed", "-1"], False, 2, "err", "expected a whole number >= 0", id="train-seed-negative"),
+    pytest.param(["train", "--seed", "4294967296"], False, 2, "err", "< 4294967296, got '4294967296'", id="train-seed-2-32"),
+    pytest.param(["train", "--fallback"], False, 2, "err", "--fallback applies to --resume", id="train-fallback-without-resume"),
+    pytest.param(["train", "--checkpoint", "taken.txt", "--out", "o"], False, 2, "err", "taken.txt is a file, not a folder", id="17-train-checkpoint-is-a-file"),
     pytest.param(REPRODUCE, True, 1, "err", "fake_ok inner", id="experiment-progress"),
     pytest.param([*REPRODUCE, "-q"], True, 1, "no-err", BAR, id="reproduce-quiet"),
     pytest.param(REPRODUCE, False, 1, "no-err", BAR, id="reproduce-no-progress-off-a-terminal"),

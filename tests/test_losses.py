@@ -342,3 +342,149 @@ def test_get_unknown_name_lists_known():
         L.get("nope")
     for name in NAMES:
         assert name in str(info.value)
+
+
+# ----------------------------------------------------------------------------- NaN propagates
+
+
+def _valid_targets(name, shape, rng):
+    from jaxnn.audit import random_targets
+
+    return random_targets(name, jax.random.key(int(rng.integers(2**31))), shape)
+
+
+# optax's counterparts, where optax has one: NaN must reach the value as it does there.
+def _optax_reference(name):
+    import optax
+
+    return {
+        "mean_squared_error": lambda y, t: jnp.mean(optax.l2_loss(y, t)) * 2,
+        "softmax_cross_entropy": lambda z, t: jnp.mean(optax.softmax_cross_entropy(z, t)),
+        "softmax_cross_entropy_with_integer_labels": lambda z, t: jnp.mean(
+            optax.softmax_cross_entropy_with_integer_labels(z, t)
+        ),
+        "binary_cross_entropy_with_logits": lambda z, t: jnp.mean(
+            optax.sigmoid_binary_cross_entropy(z, t)
+        ),
+        "squared_error": lambda y, t: jnp.sum(optax.l2_loss(y, t)),
+    }[name]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_nan_prediction_gives_a_nan_loss_and_gradient_on_both_paths(name):
+    """As optax: one NaN in the predictions makes the value NaN; the hand gradient and
+    jax.grad are NaN in that example's row (and nowhere does NaN turn into a number)."""
+    rng = np.random.default_rng(0)
+    shape = (4, 3)
+    y = rng.standard_normal(shape)
+    y[2, 1] = np.nan
+    y = jnp.asarray(y)
+    t = _valid_targets(name, shape, rng)
+    loss = L.LOSSES[name]
+    wrap = jax.jit  # predictions are never checked for NaN, eager or jitted: one path
+    value = wrap(loss.fn)(y, t)
+    assert np.isnan(float(value)) and np.isnan(float(_optax_reference(name)(y, t)))
+    for g in (wrap(loss.grad)(y, t), wrap(jax.grad(loss.fn))(y, t)):
+        g = np.asarray(g)
+        assert np.isnan(g[2]).any(), g
+        assert not np.isnan(np.delete(g, 2, axis=0)).any()  # the other examples untouched
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "squared_error",
+        "mean_squared_error",
+        "softmax_cross_entropy",
+        "binary_cross_entropy_with_logits",
+    ],
+)
+def test_a_nan_target_under_jit_gives_a_nan_loss(name):
+    """Concrete NaN targets are refused (test_bad_inputs); under jit they reach the loss."""
+    rng = np.random.default_rng(1)
+    shape = (4, 3)
+    t = np.array(_valid_targets(name, shape, rng))
+    t[1, 0] = np.nan
+    loss = L.LOSSES[name]
+    y = jnp.asarray(rng.standard_normal(shape))
+    assert np.isnan(float(jax.jit(loss.fn)(y, jnp.asarray(t))))
+    assert np.isnan(np.asarray(jax.jit(loss.grad)(y, jnp.asarray(t)))).any()
+
+
+# ----------------------------------------------------------------------------- the record
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_masked_with_every_example_kept_is_the_loss_whatever_its_reduction(name):
+    """The reduction field, not the name, decides how masking renormalises."""
+    rng = np.random.default_rng(2)
+    y = jnp.asarray(rng.standard_normal((5, 3)))
+    t = _valid_targets(name, (5, 3), rng)
+    loss = L.LOSSES[name]
+    keep = jnp.ones(5, bool)
+    masked = L.masked(loss)
+    # Each side sums or averages 5 terms in another order: a few ulps of the largest.
+    both = jax.jit(lambda y, t: (masked.fn(y, (t, keep)), loss.fn(y, t),
+                                 masked.grad(y, (t, keep)), loss.grad(y, t)))  # fmt: skip
+    value_m, value, grad_m, grad = both(y, t)
+    np.testing.assert_allclose(value_m, value, rtol=8 * EPS64)
+    np.testing.assert_allclose(grad_m, grad, rtol=8 * EPS64, atol=8 * EPS64 * np.abs(grad).max())
+
+
+def _summed_hinge(scores, labels):
+    """A loss of one's own that sums over the batch: Σ_i max(0, 1 + max_{c≠y} s_ic − s_iy)."""
+    picked = jnp.take_along_axis(scores, labels[:, None], axis=1)
+    others = jnp.where(jax.nn.one_hot(labels, scores.shape[1]) > 0, -jnp.inf, scores)
+    return jnp.sum(jax.nn.relu(1 + jnp.max(others, axis=1, keepdims=True) - picked))
+
+
+def test_a_custom_loss_that_sums_is_masked_as_a_sum():
+    """Reported: a summing loss came out divided by the batch size (70.0 unmasked, 17.5
+    masked with every example kept); its reduction now says it sums."""
+    loss = L.Loss(
+        "summed_hinge", _summed_hinge, jax.grad(_summed_hinge), reduction="sum", targets="labels"
+    )
+    scores = jnp.asarray(np.arange(12.0).reshape(4, 3) * np.array([1.0, -2.0, 3.0]))
+    labels = jnp.array([0, 1, 0, 1])
+    masked = jax.jit(L.masked(loss).fn)
+    value = float(loss.fn(scores, labels))  # integers: every sum is exact
+    assert value == float(masked(scores, (labels, jnp.ones(4, bool))))
+    assert value == float(masked(scores, (labels, jnp.array([1, 1, 0, 0], bool)))) + float(
+        loss.fn(scores[2:], labels[2:])
+    )
+
+
+def test_a_loss_record_says_what_it_is():
+    kinds = {n: (loss.reduction, loss.targets) for n, loss in L.LOSSES.items()}
+    assert kinds == {
+        "squared_error": ("sum", "values"),
+        "mean_squared_error": ("mean", "values"),
+        "softmax_cross_entropy": ("mean", "probabilities"),
+        "softmax_cross_entropy_with_integer_labels": ("mean", "labels"),
+        "binary_cross_entropy_with_logits": ("mean", "binary"),
+    }
+    assert [n for n in NAMES if L.is_classification(n)] == [
+        "binary_cross_entropy_with_logits",
+        "softmax_cross_entropy",
+        "softmax_cross_entropy_with_integer_labels",
+    ]
+
+
+def test_the_readme_custom_loss_example_runs_as_written(capsys):
+    """README "A loss of your own": the block as written, printing what its comments say."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("### A loss of your own") :]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    with jax.enable_x64(False):  # as a user's script runs it
+        exec(compile(block, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    expected = [c.strip() for c in re.findall(r"# (True|autodiff .*)$", block, re.M)]
+    assert printed[0] == "True"
+    runs = [line.split() for line in printed[1:]]
+    assert [r[0] for r in runs] == ["autodiff", "manual"]
+    assert all(float(r[2]) > 0.9 for r in runs)
+    if jax.default_backend() == "cpu":  # the figures the comment quotes were seen on a CPU
+        assert printed[1:] == expected[1].split(", ")

@@ -2,14 +2,20 @@
 
 import gzip
 import json
+import math
+import os
+import signal
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
 from jaxnn import checkpoint, cli
-from jaxnn.run import RunConfig, run
+from jaxnn.run import Interrupted, RunConfig, load_metrics, run
 
 
 def _strip(history):
@@ -88,3 +94,169 @@ def test_a_corrupt_mnist_file_is_one_line_naming_it(tmp_path, capsys):
     assert code == 2
     assert "t10k-labels-idx1-ubyte.gz" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- trust at the edges
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _one_line(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_a_diverged_run_exits_1_and_keeps_its_record_and_its_last_finite_state(tmp_path, capsys):
+    argv = ["train", "--data", "xor", "--hidden", "8", "--optimizer", "sgd", "--lr", "100",
+            "--epochs", "20", "--out", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "ck"),
+            "-q"]  # fmt: skip
+    with jax.enable_x64(False):  # float32, as the command runs
+        code = cli.main(argv)
+    err = _one_line(capsys.readouterr().err)
+    assert code == 1
+    assert "the run diverged at epoch 2 (loss inf" in err and "Lower --lr" in err
+    text = (tmp_path / "out" / "metrics.json").read_text()
+    raw = json.loads(text)  # strict JSON: no bare NaN or Infinity tokens
+    assert "NaN" not in text.replace('"NaN"', "") and "Infinity" not in text.replace(
+        '"Infinity"', ""
+    )
+    assert raw["status"] == "diverged" and raw["diverged"]["epoch"] == 2
+    assert raw["history"][1]["val_loss"] == "NaN"
+    metrics = load_metrics(tmp_path / "out" / "metrics.json")
+    assert math.isnan(metrics["history"][1]["val_loss"]) and metrics["test_epoch"] == 1
+    assert math.isfinite(metrics["test"]["loss"])
+    assert (tmp_path / "out" / "learning_curve.png").is_file()
+    # The diverged state is not checkpointed: the latest checkpoint is epoch 1, finite.
+    assert checkpoint.all_steps(tmp_path / "ck") == [1]
+    with jax.enable_x64(False):
+        config = RunConfig(data="xor", hidden=(8,), optimizer="sgd", lr=100.0, epochs=20)
+        restored = checkpoint.restore(tmp_path / "ck", _like(config))
+    for leaf in jax.tree.leaves(restored.train_state.params):
+        assert np.isfinite(np.asarray(leaf)).all()
+
+
+def test_a_user_file_in_a_checkpoint_folder_is_never_deleted(tmp_path, capsys):
+    """The report: `--checkpoint proj` with proj/0/results.txt deleted proj/0 and exited 0."""
+    proj = tmp_path / "proj"
+    (proj / "0").mkdir(parents=True)
+    (proj / "0" / "results.txt").write_text("a week of work")
+    code = cli.main(["train", "--checkpoint", str(proj), "--epochs", "4", "--out",
+                     str(tmp_path / "out"), "-q"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 2 and "0/ (a folder without jaxnn's manifest" in _one_line(err)
+    assert (proj / "0" / "results.txt").read_text() == "a week of work"
+    assert out == ""  # refused before any epoch
+
+
+def _checkpoint_folder(kind, tmp_path):
+    folder = tmp_path / "ck"
+    if kind == "a file":
+        folder.write_text("not a folder")
+    elif kind == "a user's folder":
+        (folder / "notes").mkdir(parents=True)
+    elif kind == "another run's checkpoints":
+        checkpoint.save(folder, {"a": np.ones(2, np.float32)}, step=1)
+    elif kind == "a folder under a file":
+        folder.write_text("not a folder")
+        folder = folder / "sub"
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("kind", "fragment"),
+    [
+        ("a file", "is a file, not a folder"),
+        ("a user's folder", "notes/"),
+        ("another run's checkpoints", "holds the checkpoints of a run (epochs [1])"),
+        ("a folder under a file", "on its path is a file"),
+    ],
+)
+def test_every_checkpoint_folder_problem_is_found_before_training(tmp_path, capsys, kind, fragment):
+    folder = _checkpoint_folder(kind, tmp_path)
+    code = cli.main(["train", "--hidden", "8", "--checkpoint", str(folder), "--out",
+                     str(tmp_path / "out"), "-q"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 2 and fragment in _one_line(err)
+    assert out == ""  # no epoch ran, nothing was loaded
+
+
+def test_a_damaged_checkpoint_says_which_and_fallback_resumes_from_the_intact_one(tmp_path, capsys):
+    with jax.enable_x64(False):
+        first = run(RunConfig(hidden=(8,), epochs=3), checkpoint_dir=tmp_path / "ck")
+    (tmp_path / "ck" / "3" / "jaxnn" / "metadata").write_text("{garbage")
+    argv = ["train", "--hidden", "8", "--epochs", "4", "--checkpoint", str(tmp_path / "ck"),
+            "--resume", "--out", str(tmp_path / "out"), "-q"]  # fmt: skip
+    with jax.enable_x64(False):
+        code = cli.main(argv)
+    err = _one_line(capsys.readouterr().err)
+    assert code == 2 and "/3 is damaged" in err and "--fallback resumes from epoch 2" in err
+    with jax.enable_x64(False):
+        code = cli.main([*argv, "--fallback"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "checkpoint 3 is damaged" in out and "3.damaged" in out
+    assert (tmp_path / "ck" / "3.damaged" / "jaxnn" / "metadata").read_text() == "{garbage"
+    resumed = load_metrics(tmp_path / "out" / "metrics.json")["history"]
+    # Resumed from epoch 2, epoch 3 is trained again exactly as the first time.
+    assert _strip(resumed[:3]) == _strip(first["history"]) and len(resumed) == 4
+    assert checkpoint.all_steps(tmp_path / "ck") == [2, 3, 4]
+
+
+def test_ctrl_c_while_saving_finishes_the_checkpoint_then_stops(tmp_path, monkeypatch):
+    """SIGINT arriving inside a save is held until the checkpoint is committed."""
+    real_save = checkpoint.save
+
+    def save_interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # delivered now, held by the run
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save", save_interrupted)
+    with jax.enable_x64(False), pytest.raises(Interrupted) as caught:
+        run(RunConfig(hidden=(8,), epochs=5), checkpoint_dir=tmp_path / "ck", out=tmp_path / "o")
+    assert caught.value.saved == caught.value.epochs == 1
+    assert checkpoint.all_steps(tmp_path / "ck") == [1]
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and len(metrics["history"]) == 1
+    assert metrics["test"] is None
+
+
+def test_ctrl_c_is_one_line_exit_130_and_the_run_resumes_exactly(tmp_path):
+    """The command in its own process, interrupted (SIGINT) after its third epoch's line."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+    ck = tmp_path / "ck"
+    argv = [sys.executable, "-m", "jaxnn.cli", "train", "--hidden", "8", "--epochs", "500",
+            "--checkpoint", str(ck), "--out", str(tmp_path / "o"), "-q"]  # fmt: skip
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env, cwd=tmp_path)  # fmt: skip
+    for line in child.stdout:
+        if line.startswith("epoch   3"):
+            child.send_signal(signal.SIGINT)
+            break
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == 130, err
+    line = _one_line(err)
+    saved = checkpoint.latest_step(ck)
+    assert 3 <= saved < 500
+    assert f"interrupted after {saved} epoch(s); {ck} holds epochs up to {saved}" in line
+    assert "--resume" in line
+    assert load_metrics(tmp_path / "o" / "metrics.json")["status"] == "interrupted"
+    config = RunConfig(hidden=(8,), epochs=saved + 2)
+    with jax.enable_x64(False):
+        resumed = run(config, checkpoint_dir=ck, resume=True)
+        whole = run(config)
+    assert _strip(resumed["history"]) == _strip(whole["history"])
+    assert resumed["test"] == whole["test"]
+
+
+def test_metrics_round_trip_non_finite_numbers(tmp_path):
+    from jaxnn.run import _write
+
+    record = {"config": RunConfig().to_json(), "status": "diverged", "history": [
+        {"epoch": 1, "loss": math.nan, "val_loss": math.inf, "val_accuracy": -math.inf}],
+        "test": None, "test_epoch": 0, "diverged": {"epoch": 1, "values": {"loss": math.nan}}}  # fmt: skip
+    _write(tmp_path, record, lambda line: None)
+    back = load_metrics(tmp_path / "metrics.json")
+    h = back["history"][0]
+    assert math.isnan(h["loss"]) and h["val_loss"] == math.inf and h["val_accuracy"] == -math.inf
+    assert math.isnan(back["diverged"]["values"]["loss"])

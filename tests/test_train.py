@@ -6,6 +6,7 @@ examples alone); float32 comparisons of the two gradient paths use bounds derive
 """
 
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ import pytest
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 import jaxnn
-from jaxnn import Layer, backprop, data, losses, metrics
+from jaxnn import Layer, backprop, data, losses, metrics, train
 from jaxnn.train import (
     TrainState,
     evaluate,
@@ -426,3 +427,118 @@ def test_metrics_for_each_classification_loss():
         metrics.accuracy(z, t, "squared_error")
     # An out-of-range label is counted nowhere, not as another class.
     assert int(metrics.confusion_matrix(logits, jnp.asarray([0, 1, 1, 7]), CE).sum()) == 3
+
+
+# ----------------------------------------------------------------------------- NaN is never hidden
+
+
+def test_a_nan_output_has_no_class_and_makes_the_accuracy_nan():
+    logits = jnp.asarray([[2.0, 0.0], [jnp.nan, 1.0], [0.0, 3.0]])
+    labels = jnp.asarray([0, 1, 1])
+    assert metrics.predicted_labels(logits, CE).tolist() == [0, -1, 1]
+    assert np.isnan(float(metrics.accuracy(logits, labels, CE)))
+    assert metrics.confusion_matrix(logits, labels, CE).tolist() == [[1, 0], [0, 1]]
+    z = jnp.asarray([[1.0], [jnp.nan]])
+    assert np.isnan(
+        float(metrics.accuracy(z, jnp.asarray([[1.0], [0.0]]), "binary_cross_entropy_with_logits"))
+    )
+
+
+def _small(digits, n=120):
+    return digits.train.x[:n], digits.train.y[:n]
+
+
+def test_one_nan_example_makes_the_loss_nan_on_both_gradient_paths(digits):
+    """The report: relu + BatchNorm with NaN in one example gave finite losses while the
+    kernel, gamma and the running statistics were NaN. Now the loss says so at once."""
+    x, y = _small(digits, 64)
+    x = np.array(x)
+    x[5, 3] = np.nan
+    net = jaxnn.mlp([16, 10], "relu", batchnorm=True)
+    for grad in ("autodiff", "manual"):
+        ts = TrainState.create(net, optax.sgd(0.1), jax.random.key(0), (32, 64))
+        step = make_train_step(net, CE, optax.sgd(0.1), grad=grad, donate=False)
+        _, value = step(ts, x[:32], y[:32])
+        assert np.isnan(float(value)), grad
+        evaluation = evaluate(net, CE, ts.params, ts.state, x, y)
+        assert np.isnan(evaluation["loss"]) and np.isnan(evaluation["accuracy"])
+
+
+def test_a_diverging_fit_stops_warns_and_keeps_the_best_finite_state(digits):
+    net = jaxnn.mlp([16, 10], "relu")
+    opt = optax.sgd(1e3)
+    x, y = _small(digits)
+    ts = TrainState.create(net, opt, jax.random.key(0), (32, 64))
+    with pytest.warns(train.DivergenceWarning, match=r"diverged at epoch (\d+): loss nan"):
+        result = fit(net, CE, opt, ts, (x, y), epochs=20, batch_size=30, validation=(x, y))
+    assert result.diverged == len(result.history) < 20  # stopped at the first bad epoch
+    assert not math.isfinite(result.history[-1]["loss"])
+    assert all(math.isfinite(v) for r in result.history[:-1] for v in r.values())
+    for leaf in jax.tree.leaves(result.best.params):
+        assert np.isfinite(np.asarray(leaf)).all()
+    if result.best_epoch == 0:  # no epoch was finite: the starting state
+        _assert_trees_equal(result.best, ts)
+    # on_nonfinite="continue" runs every epoch, and warns once.
+    with pytest.warns(train.DivergenceWarning) as caught:
+        going = fit(net, CE, opt, ts, (x, y), epochs=20, batch_size=30, on_nonfinite="continue")
+    assert len(going.history) == 20 and len(caught) == 1
+    assert going.diverged is not None and not math.isfinite(going.history[-1]["loss"])
+
+
+def test_a_run_with_nan_in_its_history_can_be_resumed(digits):
+    net = jaxnn.mlp([8, 10], "relu")
+    opt = optax.adam(1e-3)
+    x, y = _small(digits)
+    ts = TrainState.create(net, opt, jax.random.key(0), (32, 64))
+    history = [
+        {"epoch": 1, "loss": 2.0, "val_loss": 1.5},
+        {"epoch": 2, "loss": float("nan"), "val_loss": float("nan")},
+    ]
+    result = fit(
+        net, CE, opt, ts, (x, y), epochs=2, batch_size=30, validation=(x, y), history=history
+    )
+    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
+    assert result.best_epoch in (1, 3, 4)
+
+
+def test_nan_validation_data_is_a_divergence_not_a_finite_score(digits):
+    net = jaxnn.mlp([8, 10], "relu", batchnorm=True)
+    opt = optax.adam(1e-3)
+    x, y = _small(digits)
+    xv = np.array(x)
+    xv[0, 0] = np.nan
+    ts = TrainState.create(net, opt, jax.random.key(0), (32, 64))
+    with pytest.warns(train.DivergenceWarning, match="val_loss nan, val_accuracy nan"):
+        result = fit(net, CE, opt, ts, (x, y), epochs=3, batch_size=30, validation=(xv, y))
+    assert result.diverged == 1 and result.best_epoch == 0
+
+
+def _hinge(scores, labels):
+    """Crammer & Singer's multiclass hinge, mean over the batch."""
+    onehot = jax.nn.one_hot(labels, scores.shape[-1], dtype=scores.dtype)
+    margins = scores - jnp.sum(scores * onehot, -1, keepdims=True) + 1 - onehot
+    return jnp.mean(jnp.max(margins, -1))
+
+
+def _hinge_grad(scores, labels):
+    """The subgradient: +1 at the most violating class, −1 at the true one, over B."""
+    onehot = jax.nn.one_hot(labels, scores.shape[-1], dtype=scores.dtype)
+    margins = scores - jnp.sum(scores * onehot, -1, keepdims=True) + 1 - onehot
+    top = jax.nn.one_hot(jnp.argmax(margins, -1), scores.shape[-1], dtype=scores.dtype)
+    return (top - onehot) / labels.shape[0]
+
+
+@pytest.mark.parametrize("grad", ["autodiff", "manual"])
+def test_a_custom_classification_loss_gets_accuracy_and_val_accuracy(digits, grad):
+    hinge = losses.Loss("multiclass_hinge", _hinge, _hinge_grad, targets="labels")
+    net = jaxnn.mlp([32, 10], "relu")
+    opt = optax.adam(1e-2)
+    ts = TrainState.create(net, opt, jax.random.key(0), (32, 64))
+    train_xy = (digits.train.x, digits.train.y)
+    val = (digits.validation.x, digits.validation.y)
+    result = fit(net, hinge, opt, ts, train_xy, epochs=5, batch_size=32, validation=val,
+                 monitor="val_accuracy", grad=grad)  # fmt: skip
+    assert result.history[-1]["val_accuracy"] > 0.9
+    scores = evaluate(net, hinge, result.best.params, result.best.state, *val)
+    assert scores["accuracy"] == result.history[result.best_epoch - 1]["val_accuracy"]
+    assert np.asarray(scores["confusion"]).sum() == len(val[1])
