@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 
 import jaxnn
-from jaxnn.train import TrainState, make_train_step, sgd
+from jaxnn.optim import sgd
+from jaxnn.train import TrainState, make_train_step
 
 
 def main() -> None:

@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnn import data
+from jaxnn.fitting import fit
 from jaxnn.run import LOSS, RunConfig, build
-from jaxnn.train import TrainState, _stream_key, fit, make_epoch, make_train_step
+from jaxnn.train import TrainState, _stream_key, make_epoch, make_train_step
 
 
 def main() -> None:

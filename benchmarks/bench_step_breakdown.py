@@ -1,13 +1,13 @@
 """Where a training step's time goes beyond its matmuls: jaxnn's step with parts taken out.
 
-The model of ``jaxnn bench`` (MLP 784-512-512-10, dense → BatchNorm → ReLU, softmax
+The model of ``bench_step.py`` (MLP 784-512-512-10, dense → BatchNorm → ReLU, softmax
 cross-entropy, Adam, float32), and the same step
 
 * without BatchNorm (dense with bias → ReLU),
 * with plain SGD instead of Adam (no moment updates),
 * without both,
 
-against the bare matmuls of the step (:mod:`jaxnn.benchmark`'s ``matmuls``). The variants run
+against the bare matmuls of the step (``bench_step.py``'s ``matmuls``). The variants run
 in rounds, the order alternating; each reports the median ms/step and, per round, the fraction
 ``t_matmuls / t_variant`` (min, median, max). The differences between the variants attribute
 the step's time to BatchNorm's and the optimizer's elementwise passes.

@@ -30,7 +30,8 @@ import time
 import jax
 
 import jaxnn_experiments.backprop_worked_example as example
-from jaxnn.train import TrainState, fit_full_batch, make_train_step, sgd
+from jaxnn.optim import sgd
+from jaxnn.train import TrainState, fit_full_batch, make_train_step
 
 
 def _plain(x, t, eta, b1, b2):

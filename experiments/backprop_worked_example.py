@@ -25,9 +25,9 @@ import jax.numpy as jnp
 from jaxnn import Layer, activation, dense, intermediates, losses, serial
 from jaxnn.backprop import backprop, value_and_grad
 from jaxnn.initializers import constant, given
-from jaxnn.train import TrainState, fit_full_batch, make_train_step, sgd
-
-from . import common
+from jaxnn.optim import sgd
+from jaxnn.train import TrainState, fit_full_batch, make_train_step
+from jaxnn_experiments import common
 
 NAME = "backprop_worked_example"
 NUM_STEPS = 10_000
@@ -134,10 +134,6 @@ def _weights(params: dict[str, Any]) -> dict[str, float]:
     return {
         name: float(params[layer]["w"][i, j]) for name, (layer, i, j) in WEIGHT_POSITIONS.items()
     }
-
-
-def _floats(a: jax.Array) -> list[float]:
-    return [float(v) for v in a]
 
 
 def _floats(a: jax.Array) -> list[float]:

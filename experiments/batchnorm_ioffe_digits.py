@@ -6,31 +6,11 @@ hidden layers of 100 sigmoid units and a 10-way softmax output, minibatches of 6
 accuracy; (b, c) the 15th, 50th and 85th percentiles of the input to one sigmoid of the last
 hidden layer over training: without BN they move, with BN they are stable.
 
-Here: the 1797 8x8 images of ``sklearn.datasets.load_digits`` (bundled, no download), pixels
-divided by 16, a stratified split of 1347 train / 450 test (``random_state=SEED``). Both
-networks are ``jaxnn.mlp([100, 100, 100, 10], "sigmoid", batchnorm=False/True)`` with
-``w_init="glorot_normal"`` (the paper says only "small random Gaussian values"; Glorot's normal
-is the standard choice for sigmoid layers), zero biases, float32; the BN network starts from
-the *same* dense weights as the plain one. Loss: softmax cross-entropy; optimizer: plain SGD
-with the same learning rate ``LEARNING_RATE`` for both, chosen before the run and not tuned;
-the same minibatch sequence (a seeded permutation per epoch); hand-derived gradients
-(``grad="manual"``) for both. BN uses PyTorch's convention (``BATCHNORM``, the library's
-default); evaluation is in eval mode, with two sets of statistics, each recorded:
-
-* the running averages the layer keeps during training (momentum 0.1), as PyTorch and Flax
-  evaluate;
-* the paper's own inference statistics (Ioffe & Szegedy, Algorithm 2): at each evaluation,
-  ``jaxnn.batchnorm.population_statistics`` over ``POPULATION_BATCHES`` training minibatches of
-  ``BATCH`` examples (the first epoch's, every full batch once), ``E[x] = E_B[μ_B]`` and
-  ``Var[x] = m/(m - 1) E_B[σ²_B]`` with the network in train mode.
-
-Every ``eval_every`` steps (and at step 0) it records the test accuracy and the 15th, 50th and
-85th percentiles over the test set of the input to unit ``UNIT`` of the last hidden sigmoid,
-read with :func:`jaxnn.intermediates`: the BN output with BN, the dense output without. The
-two claims are decided from the recorded numbers by ``RULES`` (also in the JSON); the second
-is decided twice by the same rule, once with each set of statistics. The whole comparison is
-repeated at ``SWEEP_LEARNING_RATES`` to check that the verdicts are not an
-artefact of one learning rate. The README's "The BatchNorm experiments" says what it finds.
+Here (``SETUP`` and ``RULES``, written to the JSON, are the description): the same two
+networks on scikit-learn's digits, the same initial weights and minibatches, plain SGD at
+``LEARNING_RATE`` (and ``SWEEP_LEARNING_RATES``), hand-derived gradients; every ``eval_every``
+steps the test accuracy and the percentiles of the input to unit ``UNIT`` of the last hidden
+sigmoid, with BN evaluated with the running statistics and with Algorithm 2's.
 
 Writes ``batchnorm_ioffe_digits.json`` and ``.png``. ``main(out_dir, steps=..., eval_every=...,
 sweep=...)`` runs a shorter version (the tests use it). The run is float32 whatever
@@ -54,9 +34,9 @@ from sklearn.model_selection import train_test_split
 from jaxnn import Layer, intermediates, losses, mlp
 from jaxnn.batchnorm import population_statistics
 from jaxnn.combinators import layer_keys
-from jaxnn.train import TrainState, make_train_step, sgd
-
-from . import common
+from jaxnn.optim import sgd
+from jaxnn.train import TrainState, make_train_step
+from jaxnn_experiments import common, plots
 
 NAME = "batchnorm_ioffe_digits"
 SEED = 0
@@ -94,7 +74,7 @@ SETUP = {
         f"the first epoch's {POPULATION_BATCHES} minibatches of {BATCH}, network in train mode)",
     },
     "loss": LOSS,
-    "optimizer": f"plain SGD (jaxnn.train.sgd), learning rate {LEARNING_RATE}, the same for both, "
+    "optimizer": f"plain SGD (jaxnn.optim.sgd), learning rate {LEARNING_RATE}, the same for both, "
     "not tuned",
     "batch_size": BATCH,
     "gradients": "grad='manual' (the hand-derived rules) for both",
@@ -218,23 +198,16 @@ def networks(n_features: int) -> dict[str, Network]:
         )
         params, state = net.init(jax.random.key(SEED), (BATCH, n_features))
         keys = list(layer_keys(net))
-        last_sigmoid = keys.index(_keys(net, params, "sigmoid")[-1])
+        last_sigmoid = keys.index(layer_keys(net, "sigmoid")[-1])
         nets[name] = Network(net, params, state, tracked=keys[last_sigmoid - 1])
     plain, bn = nets["plain"], nets["bn"]
     for plain_key, bn_key in zip(
-        _keys(plain.net, plain.params, "dense"), _keys(bn.net, bn.params, "dense"), strict=True
+        layer_keys(plain.net, "dense"), layer_keys(bn.net, "dense"), strict=True
     ):
         # The BN network's hidden dense layers have no bias (BN's beta replaces it): share
         # the kernels, and the output layer's bias (zeros at initialisation in both).
         bn.params[bn_key] = {k: plain.params[plain_key][k] for k in bn.params[bn_key]}
     return nets
-
-
-def _keys(net: Layer, params: dict[str, Any], kind: str) -> list[str]:
-    """The keys of the layers of ``net`` named ``kind``, in order (``params`` from its init)."""
-    del params
-    keys = layer_keys(net)
-    return [key for key, layer in zip(keys, net.children, strict=True) if layer.name == kind]
 
 
 def _evaluator(network: Network, data: dict[str, np.ndarray]):
@@ -447,7 +420,7 @@ def figure(result: dict[str, Any]) -> Figure:
     """(a) test accuracy against steps; (b, c, d) the tracked input's percentiles: without BN,
     with BN evaluated with the running statistics, with Algorithm 2's population statistics."""
     runs, claims = result["runs"], result["decisions"]
-    fig = common.figure((19, 5.8))
+    fig = plots.figure((19, 5.8))
     a, b, c, d = fig.subplots(1, 4)
     verdict = {n: "holds" if claims[n]["holds"] else "does not hold" for n in claims}
     fig.suptitle(
@@ -460,7 +433,9 @@ def figure(result: dict[str, Any]) -> Figure:
     )
     bn = runs["bn"]
     for name, color in (("plain", "tab:red"), ("bn", "tab:blue")):
-        a.plot(runs[name]["step"], runs[name]["test_accuracy"], color=color, label=LABELS[name])
+        # drawn wide, under the population curve that follows it closely
+        a.plot(runs[name]["step"], runs[name]["test_accuracy"], color=color, lw=3, alpha=0.6,
+               label=LABELS[name])  # fmt: skip
     a.plot(
         bn["step"],
         bn["test_accuracy_population"],
@@ -506,8 +481,8 @@ def figure(result: dict[str, Any]) -> Figure:
         )
         ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.45 * (hi - lo))  # room for the legend
         ax.set_xlabel(LABELS["step"])
-        tracked = result["setup"]["tracked_input"]["plain" if name == "plain" else "bn"]
-        ax.set_ylabel(f"{tracked} output ({words})")
+        layer = "dense layer" if name == "plain" else "BatchNorm"
+        ax.set_ylabel(f"{layer} output ({words})")
         ax.legend(loc="upper center", ncol=2, fontsize=7)
         ax.grid(alpha=0.3)
     return fig

@@ -50,10 +50,11 @@ from jaxnn import activations, intermediates, mlp
 from jaxnn.batchnorm import batchnorm, population_statistics
 from jaxnn.combinators import layer_keys
 from jaxnn.data import digits
+from jaxnn.fitting import fit
 from jaxnn.gradcheck import RTOL
-from jaxnn.train import TrainState, fit, sgd
-
-from . import common
+from jaxnn.optim import sgd
+from jaxnn.train import TrainState
+from jaxnn_experiments import common, plots
 
 NAME = "batchnorm_saturation"
 PAIR = (90.0, 60.0)
@@ -264,7 +265,7 @@ def _spread(values: Any) -> list[float]:
 def trained() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Train ``TRAINED``; measure where each BatchNorm layer's x̂ and y = γ x̂ + β land.
 
-    Trained with :func:`jaxnn.train.fit` on :func:`jaxnn.data.digits` (float32), then
+    Trained with :func:`jaxnn.fitting.fit` on :func:`jaxnn.data.digits` (float32), then
     evaluated on the test set with the population statistics of the training set's full
     minibatches (Ioffe & Szegedy's Algorithm 2). ``x̂`` is the layer itself applied with
     γ = 1, β = 0 to its input; ``y`` is its output. Returns the JSON-ready measures and the
@@ -471,7 +472,7 @@ def figure(result: dict[str, Any], arrays: dict[str, Any]) -> Figure:
     """(a) where the sigmoid's inputs fall, (b) its outputs, (c) σ', (d) the gradient to x,
     (e, f) where the normalised values land against [0, 1]: the sample, a trained network."""
     x, bn64, pair = arrays["x"], arrays["float64"]["bn"], result["pair"]["float64"]
-    fig = common.figure((13, 14))
+    fig = plots.figure((13, 14))
     (a, b), (c, d), (e, f) = fig.subplots(3, 2)
     fig.suptitle(
         f"Sigmoid saturation with and without BatchNorm: x ~ N({SAMPLE_MEAN:g}, {SAMPLE_STD:g}²), "

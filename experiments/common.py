@@ -30,9 +30,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
+from jaxnn_experiments import plots
+
 __all__ = [
     "claim",
-    "figure",
     "progress",
     "publish",
     "script",
@@ -126,11 +127,6 @@ def claim(text: str, rule: str, holds: bool, evidence: str, figure: str) -> dict
     }
 
 
-def figure(figsize: tuple[float, float]) -> Figure:
-    """A matplotlib ``Figure`` (no pyplot: no global state, no GUI backend)."""
-    return Figure(figsize=figsize, layout="constrained")
-
-
 def table(
     rows: Sequence[Sequence[Any]], header: Sequence[str] | None = None, align: str = ""
 ) -> str:
@@ -179,7 +175,7 @@ def publish(
     written[0].write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     if figure is not None:
         written.append(out / f"{name}.png")
-        figure.savefig(written[-1], dpi=DPI)
+        plots.subscripts(figure).savefig(written[-1], dpi=DPI)
     # tqdm.write: a progress bar on stderr steps aside while the report goes to stdout.
     tqdm.write(report, file=sys.stdout)
     tqdm.write("wrote " + " and ".join(str(p) for p in written), file=sys.stdout)

@@ -46,7 +46,7 @@ linear network; and ``mlp([*HIDDEN, 2], act)`` for every elementwise non-linear 
 :data:`jaxnn.activations.ACTIVATIONS` (``ACTIVATIONS``; ``swish`` is ``silu``, softmax is not
 elementwise). All are trained alike, with hyperparameters fixed before the run and never tuned:
 Glorot-uniform kernels, zero biases, float32, softmax cross-entropy, ``optax.adam(LEARNING_RATE)``,
-minibatches of ``BATCH``, ``EPOCHS`` epochs of :func:`jaxnn.train.fit`; the state kept is the
+minibatches of ``BATCH``, ``EPOCHS`` epochs of :func:`jaxnn.fitting.fit`; the state kept is the
 epoch with the best validation accuracy (``monitor="val_accuracy"``), and its test accuracy is
 what is reported, as a mean over ``SEEDS``. Beside it, the *line ceiling*: the best test accuracy
 that any straight line achieves on that test set, found exactly (an optimal line can be moved,
@@ -82,9 +82,10 @@ import optax
 from matplotlib.figure import Figure
 
 from jaxnn import Layer, data, mlp
-from jaxnn.train import TrainState, fit, predict
-
-from . import common
+from jaxnn.evaluation import predict
+from jaxnn.fitting import fit
+from jaxnn.train import TrainState
+from jaxnn_experiments import common, plots
 
 NAME = "nonlinearity"
 SEED = 0
@@ -651,7 +652,7 @@ def figure(result: dict[str, Any], arrays: dict[str, Any]) -> Figure:
     """Decision boundaries (data set rows x model columns) and the collapse panels."""
     table, col, models = result["accuracy"], result["collapse"], result["setup"]["models"]
     shown = [m for m in FIGURE_MODELS if m in models]
-    fig = common.figure((3.4 * max(len(shown), 5), 3.1 * (len(DATASETS) + 1)))
+    fig = plots.figure((3.4 * max(len(shown), 5), 3.1 * (len(DATASETS) + 1)))
     gs = fig.add_gridspec(len(DATASETS) + 1, len(shown))
     verdict = "; ".join(
         f"{LABELS[k]}: {'holds' if v else 'does not hold'}" for k, v in result["verdicts"].items()

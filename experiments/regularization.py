@@ -19,7 +19,7 @@ seed starts from the *same* dense weights and sees the same minibatch order (the
 * ``none``: nothing;
 * ``l2``: ``jaxnn.regularization.l2(scale)`` on the kernels, added to the loss
   (``P = scale/2 Σ w²``, ``∂P/∂w = scale · w``: PyTorch's ``weight_decay``), ``penalty=`` of
-  :func:`jaxnn.train.fit`;
+  :func:`jaxnn.fitting.fit`;
 * ``dropout``: ``mlp(..., dropout=rate)``, inverted dropout after each hidden ReLU (rate = the
   probability of dropping);
 * ``both``: the selected L2 scale and the selected dropout rate together;
@@ -58,11 +58,13 @@ import optax
 from matplotlib.figure import Figure
 
 from jaxnn import Layer, mlp
+from jaxnn.combinators import layer_keys
 from jaxnn.data import digits
+from jaxnn.evaluation import evaluate
+from jaxnn.fitting import fit
 from jaxnn.regularization import Penalty, kernels, l2
-from jaxnn.train import TrainState, evaluate, fit
-
-from . import common
+from jaxnn.train import TrainState
+from jaxnn_experiments import common, plots
 
 NAME = "regularization"
 DIGITS_SEED = 0  # the digits split: the same validation and test parts for every seed
@@ -205,17 +207,12 @@ def subset_indices(y_train: np.ndarray, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(chosen))
 
 
-def _dense_keys(params: dict[str, Any]) -> list[str]:
-    """The keys of the layers holding a kernel, in network order (``serial`` names a child
-    ``<name>_<position>``; a jitted or traced dict comes back with its keys sorted)."""
-    return sorted((k for k in params if "w" in params[k]), key=lambda k: int(k.rsplit("_", 1)[1]))
-
-
 def _start(net: Layer, plain_params: dict[str, Any], seed: int) -> tuple[dict, dict]:
     """``net``'s params and state holding the plain network's initial dense weights."""
     # Shapes only (nothing computed): the layers other than dense hold no arrays.
     params, state = jax.eval_shape(lambda k: net.init(k, (BATCH, FEATURES)), _key(seed))
-    for key, plain_key in zip(_dense_keys(params), _dense_keys(plain_params), strict=True):
+    dense = zip(layer_keys(net, "dense"), layer_keys(_network(0.0), "dense"), strict=True)
+    for key, plain_key in dense:
         params[key] = plain_params[plain_key]
     if not all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves((params, state))):
         raise AssertionError(f"{net.name}: a layer other than dense holds arrays")
@@ -502,7 +499,7 @@ def _strength(result: dict[str, Any], method: str) -> str:
 def figure(result: dict[str, Any]) -> Figure:
     """(a) learning curves; (b) final train and test accuracy; (c) the gap; (d) the grids."""
     runs, summary = result["runs"], result["summary"]
-    fig = common.figure((14, 9.5))
+    fig = plots.figure((14, 9.5))
     (a, b), (c, d) = fig.subplots(2, 2)
     setup = result["setup"]
     verdict = {
@@ -524,10 +521,11 @@ def figure(result: dict[str, Any]) -> Figure:
         a.plot(epochs, val, "-", color=COLORS[method], label=label)
     a.plot([], [], "--", color="0.4", lw=1, label="train (dashed)")
     a.plot([], [], "-", color="0.4", label="validation (solid)")
-    a.set(xlabel=LABELS["epoch"], ylabel="accuracy, mean over seeds", ylim=(0.8, 1.005))
-    a.set_title("(a) learning curves: train (eval mode) and validation accuracy")
-    a.legend(loc="lower right", fontsize=8)
-    a.grid(alpha=0.3)
+    plots.finish(
+        a, "(a) learning curves: train (eval mode) and validation accuracy",
+        legend={"loc": "lower right", "fontsize": 8}, integer_x=True,
+        xlabel=LABELS["epoch"], ylabel="accuracy, mean over seeds", ylim=(0.8, 1.005),
+    )  # fmt: skip
 
     x = np.arange(len(METHODS))
     names = [LABELS[m].replace(" (AdamW)", "\n(AdamW)") for m in METHODS]

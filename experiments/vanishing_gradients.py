@@ -14,21 +14,10 @@ every layer multiplies the signal by at most ``‖W_{l+1}‖₂ / 4``, and with 
 sigmoid network shrinks geometrically. tanh has ``f' ≤ 1``, ReLU ``f' ∈ {0, 1}``, and BatchNorm
 between the affine map and ``f`` rescales every layer's input (and its Jacobian).
 
-**Setup.** ``jaxnn.data.digits()`` (1079 train / 359 validation, standardised), float32 by
-construction. Networks ``mlp([64] * (L − 1) + [10], f, batchnorm=False/True)`` for ``L`` in
-``DEPTHS`` (quick: ``QUICK_DEPTHS``), ``f`` in sigmoid, tanh, relu, each with the standard
-initialisation for ``f`` (``glorot_normal`` for sigmoid and tanh, ``he_normal`` for relu) and
-with the naive ``N(0, 1)`` (``jax.nn.initializers.normal(1.0)``), zero biases. Every network of
-one depth draws its kernels from the same key, so the N(0, 1) kernels are the standard ones
-rescaled and the BN network starts from the plain network's kernels (γ = 1, β = 0). Training:
-:func:`jaxnn.train.fit`, plain SGD, softmax cross-entropy, the hyperparameters of ``SETUP``,
-fixed before the run, the same for every network. At the epochs of ``CHECKPOINTS`` (0 is the
-initialisation) it measures, on the whole training set in train mode (BN with the set's own
-statistics), by backpropagation through the layers' own hand-derived VJPs
-(:func:`layer_gradients`): ``‖∂L/∂W_l‖``, ``‖δ_l‖``, the per-layer ratio ``‖δ_l‖/‖δ_{l+1}‖``,
-``‖W_{l+1}‖₂`` and the largest and mean ``f'(z_l)``, and the validation accuracy. The norms
-are taken in float64 (numpy) from the float32 arrays. (The tests check these gradients against
-``jax.grad``.)
+**Setup** (``SETUP``, written to the JSON): digits, width-64 MLPs of ``DEPTHS`` dense layers,
+sigmoid, tanh and ReLU, with and without BN, standard and N(0, 1) initialisation, trained by
+``fit``; at the epochs of ``CHECKPOINTS`` the per-layer gradients are read from the layers' own
+hand-derived VJPs (:func:`jaxnn.backprop.layer_gradients`).
 
 **Rounding.** The bound holds for the computed float32 arrays up to rounding, derived (not
 tuned) from the standard model of floating-point arithmetic: the dot ``δ_{l+1} W_{l+1}ᵀ`` of
@@ -43,12 +32,10 @@ computed ``σ'(z) = σ(z)σ(−z)``, which exceeds 1/4 by one ulp (0.25000003) n
 both factors round up (each within an ulp of σ, assumed). Accelerators that run float32 dots
 at reduced precision (TF32) void the derivation: the experiment runs on the CPU.
 
-**Quick mode** (``main(..., quick=True)``): depth 10 only, the three networks the claims
-compare (sigmoid without and with BN, ReLU without BN), both initialisations, 2 epochs.
-
-**What it decides** (``RULES``, fixed before the run): (a) the ratio never exceeds the bound;
-(b) the deepest sigmoid + Glorot network without BN has vanishing gradients at initialisation;
-(c) BatchNorm and (d) ReLU + He mitigate them. Writes ``vanishing_gradients.json`` and ``.png``.
+**Quick mode** (``main(..., quick=True)``): depth 10 only, the networks of
+``QUICK_NETWORKS``, both initialisations, ``QUICK_EPOCHS`` epochs. The four claims are decided
+by ``RULES`` (fixed before the run, written to the JSON). Writes ``vanishing_gradients.json``
+and ``.png``.
 """
 
 from __future__ import annotations
@@ -64,12 +51,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
-from jaxnn import Layer, activations, data, losses, mlp
-from jaxnn.train import DivergenceWarning, TrainState, fit, sgd
-
-from . import common
+from jaxnn import Layer, activations, backprop, data, mlp
+from jaxnn.combinators import layer_keys
+from jaxnn.fitting import DivergenceWarning, fit
+from jaxnn.optim import sgd
+from jaxnn.train import TrainState
+from jaxnn_experiments import common, plots
 
 NAME = "vanishing_gradients"
 SEED = 0
@@ -106,7 +94,7 @@ SETUP = {
     "batchnorm": "library default (pytorch convention, momentum 0.1, eps 1e-5), between each "
     "hidden dense layer and its activation",
     "loss": LOSS,
-    "optimizer": f"plain SGD (jaxnn.train.sgd), learning rate {LEARNING_RATE}, the same for every "
+    "optimizer": f"plain SGD (jaxnn.optim.sgd), learning rate {LEARNING_RATE}, the same for every "
     "network, fixed before the run",
     "batch_size": BATCH,
     "gradient_measurement": "whole training set, train mode, backpropagation through the layers' "
@@ -217,55 +205,28 @@ def _w_init(act: str, init: str) -> Any:
     return jax.nn.initializers.normal(1.0) if init == "normal_1" else STANDARD_INIT[act]
 
 
-def _names(net: Layer) -> list[str]:
-    # serial's params keys, "{layer.name}_{i}" (jaxnn.combinators), in the layers' order:
-    # params dicts that went through jax.tree.map come back with sorted keys.
-    return [f"{layer.name}_{i}" for i, layer in enumerate(net.children)]
-
-
 def layer_gradients(
-    net: Layer, params: dict, state: dict, x: jax.Array, y: jax.Array
+    net: Layer, act: str, params: dict, state: dict, x: jax.Array, y: jax.Array
 ) -> dict[str, Any]:
-    """Backpropagation through ``net``'s layers, keeping what each dense layer receives.
+    """What each dense layer of ``net`` receives in backpropagation, and ``f'`` at each hidden layer.
 
-    The forward runs each layer's ``vjp`` (keeping its hand-derived backward); the loss's
-    hand-derived gradient is ``δ_L``; the backwards run in reverse, and at each dense layer
-    the incoming ``dy`` is ``δ_l = ∂L/∂z_l`` and its ``dparams["w"]`` is ``∂L/∂W_l = a_{l-1}ᵀ
-    δ_l``. The same chain rule as ``serial``'s backward, unrolled here to read ``δ_l``.
-
-    Args:
-      net: an ``mlp`` (dense, [batchnorm], activation, ...).
-      params, state: its params and state.
-      x: inputs ``[batch, features]``; y: integer labels ``[batch]``.
+    :func:`jaxnn.backprop.layer_gradients` through the layers' hand-derived VJPs: at dense layer
+    ``l`` the received ``dy`` is ``δ_l = ∂L/∂z_l`` and ``dparams["w"]`` is ``∂L/∂W_l``.
 
     Returns:
       ``{"loss": [], "grad_w": [L] arrays [in, out], "delta": [L] arrays [batch, out],
       "dact_max": [L − 1] scalars, "dact_mean": [L − 1] scalars}`` with ``dact`` the hidden
       activations' derivative ``f'`` at their inputs (after BN where there is BN).
     """
-    loss = losses.get(LOSS)
-    names = _names(net)
-    h, backwards, dact = x, [], []
-    for name, layer in zip(names, net.children, strict=True):
-        if layer.name in ACTIVATIONS:
-            d = activations.get(layer.name).derivative(h)
-            dact.append((jnp.max(d), jnp.mean(d)))
-        h, _, backward = layer.vjp(params.get(name, {}), state.get(name, {}), h, train=True)
-        backwards.append(backward)
-    dy = loss.grad(h, y)
-    grad_w, delta = [], []
-    for layer, backward in zip(reversed(net.children), reversed(backwards), strict=True):
-        if layer.name == "dense":
-            delta.append(dy)
-        dparams, dy = backward(dy)
-        if layer.name == "dense":
-            grad_w.append(dparams["w"])
+    loss, layers, _ = backprop.layer_gradients(net, LOSS, params, state, x, y, train=True)
+    dense = [layers[k] for k in layer_keys(net, "dense")]
+    dact = [activations.get(act).derivative(layers[k].x) for k in layer_keys(net, act)]
     return {
-        "loss": loss.fn(h, y),
-        "grad_w": grad_w[::-1],
-        "delta": delta[::-1],
-        "dact_max": [m for m, _ in dact],
-        "dact_mean": [a for _, a in dact],
+        "loss": loss,
+        "grad_w": [g.dparams["w"] for g in dense],
+        "delta": [g.dy for g in dense],
+        "dact_max": [jnp.max(d) for d in dact],
+        "dact_mean": [jnp.mean(d) for d in dact],
     }
 
 
@@ -318,14 +279,14 @@ def _geometric_mean(values: list) -> float | None:
     return float(math.exp(sum(math.log(v) for v in values) / len(values)))
 
 
-def _measure_fn(net: Layer):
+def _measure_fn(net: Layer, act: str):
     """One compiled function per network: the per-layer gradients, the validation accuracy."""
 
     @jax.jit
     def measure(params, state, x, y, x_val, y_val):
         logits, _ = net.apply(params, state, x_val, train=False)
         accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == y_val)
-        return {**layer_gradients(net, params, state, x, y), "val_accuracy": accuracy}
+        return {**layer_gradients(net, act, params, state, x, y), "val_accuracy": accuracy}
 
     return measure
 
@@ -337,8 +298,7 @@ def checkpoint_record(
     validation accuracy) and the kernels in ``params``; the bound checks for networks without BN.
     """
     hand = jax.tree.map(np.asarray, measured)
-    dense = [n for n, layer in zip(_names(net), net.children, strict=True) if layer.name == "dense"]
-    ws = [np.asarray(params[n]["w"], np.float64) for n in dense]
+    ws = [np.asarray(params[n]["w"], np.float64) for n in layer_keys(net, "dense")]
     batch = int(hand["delta"][0].shape[0])
     fan_out = [int(w.shape[1]) for w in ws]
     finite_w = [bool(np.all(np.isfinite(w))) for w in ws]
@@ -403,12 +363,11 @@ def checkpoint_record(
 def _initial_params(depth: int, act: str, init: str, x_shape: tuple[int, ...]):
     """Kernels drawn from one key per depth; the BN network gets the plain one's kernels."""
     key = jax.random.key(SEED + depth)
-    plain_params, plain_state = network(depth, act, False, _w_init(act, init)).init(key, x_shape)
+    plain_net = network(depth, act, False, _w_init(act, init))
+    plain_params, plain_state = plain_net.init(key, x_shape)
     bn_net = network(depth, act, True, _w_init(act, init))
     bn_params, bn_state = bn_net.init(key, x_shape)
-    plain_dense = [k for k in plain_params if k.startswith("dense_")]
-    bn_dense = [k for k in bn_params if k.startswith("dense_")]
-    for p, b in zip(plain_dense, bn_dense, strict=True):
+    for p, b in zip(layer_keys(plain_net, "dense"), layer_keys(bn_net, "dense"), strict=True):
         # only the kernel: a dense layer followed by BN has no bias (its shift is BN's β)
         bn_params[b] = {**bn_params[b], "w": plain_params[p]["w"]}
     return {"no_bn": (plain_params, plain_state), "bn": (bn_params, bn_state)}
@@ -467,7 +426,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         initial: dict[tuple[int, str, str], dict[str, tuple[dict, dict]]] = {}
         for depth, act, bn_key in common.progress(configs, "networks", unit="net"):
             net = network(depth, act, BN[bn_key])  # both inits share its compiled functions
-            measure = _measure_fn(net)
+            measure = _measure_fn(net, act)
             for init in INITS:
                 if (depth, act, init) not in initial:  # both BN variants from one draw
                     shape = tuple(arrays[0].shape)
@@ -619,59 +578,49 @@ def claims(result: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-STYLES = {
-    ("standard", "no_bn"): ("tab:red", "-"),
-    ("standard", "bn"): ("tab:blue", "-"),
-    ("normal_1", "no_bn"): ("tab:orange", "--"),
-    ("normal_1", "bn"): ("tab:cyan", "--"),
+STYLES = {  # (init, bn): colour, line style, marker; BN makes the two inits coincide
+    ("standard", "no_bn"): ("tab:red", "-", "o"),
+    ("standard", "bn"): ("tab:blue", "-", "s"),
+    ("normal_1", "no_bn"): ("tab:orange", "--", "^"),
+    ("normal_1", "bn"): ("tab:cyan", ":", "x"),
 }
+ACT_COLORS = {"sigmoid": "tab:red", "tanh": "tab:green", "relu": "tab:purple"}
+RATIO_FLOOR = 1e-3  # panel (g): ratios far below their bound (saturated tanh) are counted
 
 
 def _positive(values: list) -> np.ndarray:
     return np.asarray([v if v is not None and v > 0 else np.nan for v in values], np.float64)
 
 
-def figure(result: dict[str, Any]) -> Figure:
-    """Per-layer gradient norms at init (a–c) and after training (d–f); the bound (g, h); (i)."""
-    runs = result["runs"]
-    depth = max(result["setup"]["depths"])
-    deep = runs[f"depth_{depth}"]
-    fig = common.figure((16, 13))
-    axes = fig.subplots(3, 3)
-    final_epoch = result["setup"]["epochs"]
-    fig.suptitle(
-        f"Vanishing gradients: {depth}-layer, width-{WIDTH} MLPs on digits, SGD lr {LEARNING_RATE}"
-        f", {final_epoch} epochs ({'quick mode' if result['quick'] else 'full run'})"
-    )
+def _per_layer_panels(axes: Any, deep: dict[str, Any], depth: int, final_epoch: int) -> None:
+    """(a–f): ‖∂L/∂W_l‖ per layer, at initialisation (top) and after training (middle)."""
     layers = np.arange(1, depth + 1)
     for row, (which, when) in enumerate(
         ((0, "at initialisation"), (-1, f"after {final_epoch} epochs"))
     ):
         for col, act in enumerate(ACTIVATIONS):
             ax = axes[row, col]
-            ax.set_title(f"({'abcdef'[3 * row + col]}) {LABELS[act]}, {when}")
+            title = f"({'abcdef'[3 * row + col]}) {LABELS[act]}, {when}"
             if act not in deep:
+                ax.set_title(title)
                 ax.text(0.5, 0.5, "not run in quick mode", ha="center", transform=ax.transAxes)
                 continue
-            for (init, bn), (color, ls) in STYLES.items():
+            for (init, bn), (color, ls, marker) in STYLES.items():
                 if bn not in deep[act][init]:
                     continue
                 entry = deep[act][init][bn]
-                rec = entry["checkpoints"][which]
                 label = f"{LABELS[init].split(' (')[0]}, {LABELS[bn]}"
                 if entry["diverged"] and row:
                     label += " (diverged: no finite gradient)"
-                ax.plot(
-                    layers, _positive(rec["grad_w_norm"]), ls, color=color, marker=".", label=label
-                )
-            ax.set(yscale="log", xlabel="dense layer l", ylabel="‖∂L/∂W_l‖_F (log)")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+                norms = _positive(entry["checkpoints"][which]["grad_w_norm"])
+                ax.plot(layers, norms, ls, color=color, marker=marker, ms=4, mfc="none",
+                        alpha=0.8, label=label)  # fmt: skip
+            plots.finish(ax, title, legend={}, integer_x=True, yscale="log",
+                         xlabel="dense layer l", ylabel=LABELS["grad_w_norm"] + " (log)")  # fmt: skip
 
-    g = axes[2, 0]
-    colors = {"sigmoid": "tab:red", "tanh": "tab:green", "relu": "tab:purple"}
-    floor = 1e-3  # ratios far below their bound (saturated tanh) are counted, not drawn
+
+def _ratio_panel(g: Any, runs: dict[str, Any]) -> None:
+    """(g): measured ratio / bound, every layer of every network without BN."""
     below = 0
     for by_act in runs.values():
         for act, by_init in by_act.items():
@@ -679,76 +628,78 @@ def figure(result: dict[str, Any]) -> Figure:
                 for rec in by_bn.get("no_bn", {}).get("checkpoints", []):
                     key = "bound_quarter" if act == "sigmoid" else "bound_general"
                     b, r = _positive(rec[key]), _positive(rec["delta_ratio"])
-                    below += int(np.sum(r / b < floor))
-                    g.plot(b, np.maximum(r / b, floor), ".", ms=3, alpha=0.5, color=colors[act])
-    for act, color in colors.items():
-        what = "(1/4)‖W_{l+1}‖₂" if act == "sigmoid" else "max f'(z_l)·‖W_{l+1}‖₂"
-        g.plot([], [], ".", color=color, label=f"{LABELS[act]}: bound {what}")
+                    below += int(np.sum(r / b < RATIO_FLOOR))
+                    g.plot(b, np.maximum(r / b, RATIO_FLOOR), ".", ms=3, alpha=0.5,
+                           color=ACT_COLORS[act])  # fmt: skip
+    for act, color in ACT_COLORS.items():
+        bound = LABELS["bound_quarter" if act == "sigmoid" else "bound_general"]
+        g.plot([], [], ".", color=color, label=f"{LABELS[act]}: bound {bound}")
     g.axhline(1.0, color="k", lw=1, label="ratio = bound")
-    g.axhline(
-        floor, color="0.5", lw=0.8, ls=":", label=f"{below} layers below {floor:g}, drawn here"
-    )
-    g.set(
-        xscale="log",
-        yscale="log",
-        xlabel="bound on ‖δ_l‖/‖δ_{l+1}‖ (log)",
-        ylabel="measured ‖δ_l‖/‖δ_{l+1}‖ / bound (log)",
-    )
-    g.set_title("(g) measured ratio / bound: every layer of\nevery network without BN, all epochs")
-    g.legend(fontsize=7, loc="lower left")
-    g.grid(alpha=0.3)
+    g.axhline(RATIO_FLOOR, color="0.5", lw=0.8, ls=":",
+              label=f"{below} layers below {RATIO_FLOOR:g}, drawn here")  # fmt: skip
+    plots.finish(
+        g, "(g) measured ratio / bound: every layer of\nevery network without BN, all epochs",
+        legend={"loc": "lower left"}, xscale="log", yscale="log",
+        xlabel="bound on ‖δ_l‖/‖δ_{l+1}‖ (log)", ylabel="measured ‖δ_l‖/‖δ_{l+1}‖ / bound (log)",
+    )  # fmt: skip
 
-    h = axes[2, 1]
-    rec = deep["sigmoid"]["standard"]["no_bn"]["checkpoints"][0]
+
+def _factor_panel(h: Any, rec: dict[str, Any], depth: int) -> None:
+    """(h): the per-layer factors of the sigmoid + Glorot network without BN, at init."""
     ls = np.arange(1, depth)
-    h.plot(ls, _positive(rec["delta_ratio"]), "o-", color="tab:red", label=LABELS["delta_ratio"])
-    h.plot(ls, _positive(rec["bound_quarter"]), "s--", color="k", label=LABELS["bound_quarter"])
-    h.plot(ls, _positive(rec["bound_general"]), "^:", color="0.4", label=LABELS["bound_general"])
-    h.plot(ls, _positive(rec["dact_max"]), "x-", color="tab:orange", label="max σ'(z_l)")
-    h.plot(ls, _positive(rec["dact_mean"]), "+-", color="tab:olive", label="mean σ'(z_l)")
-    h.plot(
-        ls,
-        _positive(rec["typical_factor"]),
-        "d-.",
-        color="tab:blue",
-        label="mean σ'(z_l)·‖W_{l+1}‖_F/√n (typical factor)",
+    curves = (  # key, style, colour, label; the general bound is drawn over the 1/4 bound
+        ("bound_quarter", "s-", "k", LABELS["bound_quarter"]),
+        ("bound_general", "^:", "tab:gray", LABELS["bound_general"]),
+        ("delta_ratio", "o-", "tab:red", LABELS["delta_ratio"]),
+        ("dact_max", "x--", "tab:orange", "max σ'(z_l)"),
+        ("dact_mean", "+-", "tab:olive", "mean σ'(z_l)"),
+        ("typical_factor", "d-.", "tab:blue", "mean σ'(z_l)·‖W_{l+1}‖_F/√n (typical factor)"),
     )
-    h.axhline(SIGMOID_BOUND, color="tab:orange", lw=0.8, ls=":", label="1/4")
+    for z, (key, style, color, label) in enumerate(curves):
+        h.plot(ls, _positive(rec[key]), style, color=color, mfc="none", ms=6 + 2 * (z == 0),
+               zorder=2 + z, label=label)  # fmt: skip
+    h.axhline(SIGMOID_BOUND, color="tab:orange", lw=0.8, ls=":", zorder=1, label="1/4")
     gm = rec["geometric_mean_ratio"]
-    h.set(yscale="log", xlabel="layer l", ylabel="per-layer factor (log)")
-    h.xaxis.set_major_locator(MaxNLocator(integer=True))
-    h.set_title(
-        f"(h) sigmoid + Glorot, no BN, at initialisation\ngeometric-mean decay "
-        f"{'n/a' if gm is None else f'{gm:.3f}'} per layer"
+    plots.finish(
+        h, f"(h) sigmoid + Glorot, no BN, at initialisation\ngeometric-mean decay "
+        f"{'n/a' if gm is None else f'{gm:.3f}'} per layer",
+        legend={}, integer_x=True, yscale="log", xlabel="layer l", ylabel="per-layer factor (log)",
+    )  # fmt: skip
+
+
+def figure(result: dict[str, Any]) -> Figure:
+    """Per-layer gradient norms at init (a–c) and after training (d–f); the bound (g, h); (i)."""
+    runs, depth = result["runs"], max(result["setup"]["depths"])
+    deep, final_epoch = runs[f"depth_{depth}"], result["setup"]["epochs"]
+    fig = plots.figure((16, 13))
+    axes = fig.subplots(3, 3)
+    fig.suptitle(
+        f"Vanishing gradients: {depth}-layer, width-{WIDTH} MLPs on digits, SGD lr {LEARNING_RATE}"
+        f", {final_epoch} epochs ({'quick mode' if result['quick'] else 'full run'})"
     )
-    h.legend(fontsize=7)
-    h.grid(alpha=0.3)
+    _per_layer_panels(axes, deep, depth, final_epoch)
+    _ratio_panel(axes[2, 0], runs)
+    _factor_panel(axes[2, 1], deep["sigmoid"]["standard"]["no_bn"]["checkpoints"][0], depth)
 
     i = axes[2, 2]
     names, at_init, at_end = [], [], []
     for act, by_init in deep.items():
         for init, by_bn in by_init.items():
             for bn, entry in by_bn.items():
-                cps = entry["checkpoints"]
-                name = f"{act}, {'std' if init == 'standard' else 'N(0,1)'}, {LABELS[bn]}"
+                name = f"{LABELS[act]}, {'std' if init == 'standard' else 'N(0,1)'}, {LABELS[bn]}"
                 names.append(name + (" (diverged)" if entry["diverged"] else ""))
-                at_init.append(cps[0]["first_over_last"])
-                at_end.append(cps[-1]["first_over_last"])
-    pos = np.arange(len(names))
-    i.barh(pos - 0.2, _positive(at_init), 0.4, color="tab:gray", label="initialisation")
-    i.barh(pos + 0.2, _positive(at_end), 0.4, color="tab:green", label=f"epoch {final_epoch}")
-    i.axvline(
-        VANISHING_THRESHOLD,
-        color="tab:red",
-        ls="--",
-        lw=1,
-        label=f"claim (b) threshold {VANISHING_THRESHOLD:g}",
-    )
-    i.set(xscale="log", yticks=pos, yticklabels=names)
+                at_init.append(entry["checkpoints"][0]["first_over_last"])
+                at_end.append(entry["checkpoints"][-1]["first_over_last"])
+    series = {"initialisation": (at_init, "tab:gray", "o"),
+              f"epoch {final_epoch}": (at_end, "tab:green", "D")}  # fmt: skip
+    plots.log_dots(i, names, series)
+    i.axvline(VANISHING_THRESHOLD, color="tab:red", ls="--", lw=1,
+              label=f"claim (b) threshold {VANISHING_THRESHOLD:g}")  # fmt: skip
     i.tick_params(axis="y", labelsize=7)
-    i.set_title(f"(i) {LABELS['first_over_last']} (log), {depth} layers")
-    i.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
-    i.grid(alpha=0.3, axis="x")
+    plots.finish(
+        i, f"(i) {LABELS['first_over_last']} (log), {depth} layers",
+        grid="x", legend={"loc": "upper center", "bbox_to_anchor": (0.5, -0.1), "ncol": 3},
+    )  # fmt: skip
     return fig
 
 

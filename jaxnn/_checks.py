@@ -6,7 +6,7 @@ Every message says what was expected, what came, and what to do about it.
 
 Values inside ``jit`` (labels out of range, NaN inputs, a traced learning rate) cannot raise.
 :func:`require` states such a condition with :func:`jax.experimental.checkify.debug_check`
-when the computation is traced in the checking mode (:func:`jaxnn.checking.checked`, which
+when the computation is traced in the checking mode (:func:`jaxnn.debug.checked`, which
 sets :data:`CHECKING`), and an error is raised when it fails. Outside it ``require`` puts
 nothing in the computation: a ``debug_check`` is an effect, and a jitted function with an
 effect leaves JAX's C++ dispatch path (a call then costs about ten times more on the host).
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-# True while a function is traced in the checking mode (jaxnn.checking.checked); part of the
+# True while a function is traced in the checking mode (jaxnn.debug.checked); part of the
 # jit cache key, so the checked and the unchecked traces of one function are cached apart.
 CHECKING = jax.make_user_context(False)
 
@@ -111,7 +111,7 @@ def require(pred: Any, message: str, **values: Any) -> None:
     """A condition on run-time values, checked in the checking mode only.
 
     ``message`` is formatted with ``values`` (``{name}`` fields, evaluated on the device)
-    when the condition fails under :func:`jaxnn.checking.checked`; outside it this adds
+    when the condition fails under :func:`jaxnn.debug.checked`; outside it this adds
     nothing to the computation. Callers state it for traced values only: concrete values get
     an eager error instead.
     """

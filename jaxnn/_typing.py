@@ -25,6 +25,14 @@ residual of a ``jax.custom_vjp``. Static configuration (axes, dtypes, flags) mus
 leaf: :func:`bind_backward` is the one way every layer builds its backward, with the static
 values bound into the Partial's function, which compares by value (so equal configurations
 give equal tree structures and ``jit`` does not retrace).
+
+**The backward is validated** where it is called (``serial``'s loop,
+:func:`jaxnn.backprop.backprop`, :func:`jaxnn.backprop.manual`,
+:func:`jaxnn.gradcheck.check_layer`): :func:`backward_spec` refuses a backward that is not a
+``Partial`` and records, at trace time, what it must return; :func:`check_cotangents` refuses a
+result that is not ``(dparams, dx)`` with ``dparams`` of the params' tree structure and leaf
+shapes and ``dx`` of ``x``'s shape. Each error names the layer. Structures and shapes are
+static, so the checks cost nothing in the compiled computation.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jax.tree_util import Partial
 from jax.typing import ArrayLike
 
@@ -49,6 +59,7 @@ __all__ = [
     "Array",
     "ArrayLike",
     "Backward",
+    "BackwardSpec",
     "Grads",
     "InitFn",
     "Layer",
@@ -57,7 +68,10 @@ __all__ = [
     "Shape",
     "State",
     "VjpFn",
+    "backward_spec",
     "bind_backward",
+    "check_cotangents",
+    "validated",
 ]
 
 
@@ -153,3 +167,139 @@ def bind_backward(fn: Callable[..., Any], *residuals: Any, **static: Hashable) -
         dparams, dx = backward(dy)
     """
     return Partial(_Bound(fn, tuple(sorted(static.items()))), *residuals)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+class BackwardSpec(NamedTuple):
+    """What a layer's ``backward(dy)`` must return, fixed when its ``vjp`` is traced.
+
+    Hashable (static configuration of a :func:`bind_backward`): equal layers give equal specs.
+    """
+
+    layer: str  # how errors name the layer, e.g. "'dense'" or "'dense_0' in 'mlp'"
+    params: jax.tree_util.PyTreeDef  # dparams' tree structure: the params'
+    param_shapes: tuple[tuple[int, ...], ...]  # dparams' leaf shapes, in leaf order
+    x_shape: tuple[int, ...]  # dx's shape: the input's
+    x_dtype: np.dtype | None  # dx's dtype, or None where it is not compared
+
+
+_USE_BIND_BACKWARD = (
+    "Build it with jaxnn.bind_backward(fn, *residuals, **static), fn a module-level "
+    "fn(*residuals, dy, **static) -> (dparams, dx)."
+)
+
+
+def backward_spec(
+    layer: str, backward: Any, params: Params, x: ArrayLike, *, check_dtype: bool = False
+) -> BackwardSpec:
+    """Refuse a ``backward`` that is not a ``Partial``; what its result must be.
+
+    Args:
+      layer: the layer as errors name it (``repr(layer.name)``).
+      backward: what the layer's ``vjp`` returned as its backward.
+      params, x: the params and input the ``vjp`` was called with.
+      check_dtype: compare ``dx``'s dtype with ``x``'s too. Off inside networks: a layer may
+        hand back ``dx`` in the dtype its input was promoted to (a float32 input to float64
+        params), which the chain rule accepts.
+
+    Raises:
+      TypeError: ``backward`` is not a ``jax.tree_util.Partial`` (a plain function or lambda
+        cannot cross ``jit`` nor be a ``jax.custom_vjp`` residual: "not a valid JAX type").
+    """
+    if not isinstance(backward, Partial):
+        raise TypeError(
+            f"layer {layer}: vjp returned a backward of type {type(backward).__name__}, but the "
+            f"layer protocol needs a jax.tree_util.Partial (a pytree of the saved residuals, so "
+            f"that it can cross jit and be the residual of jax.custom_vjp; a plain function "
+            f"fails there with 'is not a valid JAX type'). {_USE_BIND_BACKWARD}"
+        )
+    leaves, treedef = jax.tree.flatten(params)
+    return BackwardSpec(
+        layer,
+        treedef,
+        tuple(tuple(np.shape(leaf)) for leaf in leaves),
+        tuple(np.shape(x)),
+        np.dtype(jnp.result_type(x)) if check_dtype else None,
+    )
+
+
+def _what(value: Any) -> str:
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"a {type(value).__name__} of structure {jax.tree.structure(value)}"
+
+
+def check_cotangents(spec: BackwardSpec, result: Any) -> tuple[Grads, Array]:
+    """``result`` as ``(dparams, dx)``, refused unless it has the structure ``spec`` names.
+
+    Raises:
+      TypeError: ``result`` is not a pair; ``dx`` is not an array.
+      ValueError: ``dparams`` has not the params' tree structure or leaf shapes (a swapped
+        ``(dx, dparams)`` lands here, and the message says so); ``dx`` has not ``x``'s shape
+        (or dtype, where ``spec`` names one).
+    """
+    where = f"layer {spec.layer}: backward(dy)"
+    if not isinstance(result, tuple | list) or len(result) != 2:
+        raise TypeError(
+            f"{where} must return the pair (dparams, dx), the shape of jax.vjp's backward; got "
+            f"{_what(result)}. {_USE_BIND_BACKWARD}"
+        )
+    dparams, dx = result
+    expected = (
+        "an empty dict {} (the layer has no params)"
+        if spec.params == jax.tree.structure({})
+        else f"the params' structure {spec.params}"
+    )
+    if jax.tree.structure(dparams) != spec.params:
+        swapped = hasattr(dparams, "shape") and tuple(dparams.shape) == spec.x_shape
+        hint = (
+            " It looks like (dx, dparams): return (dparams, dx), params first, as jax.vjp "
+            "returns the cotangents in the order of the arguments."
+            if swapped
+            else ""
+        )
+        raise ValueError(
+            f"{where} returned dparams as {_what(dparams)}; expected {expected}, one gradient "
+            f"per parameter.{hint}"
+        )
+    shapes = tuple(tuple(np.shape(g)) for g in jax.tree.leaves(dparams))
+    if shapes != spec.param_shapes:
+        raise ValueError(
+            f"{where} returned dparams with leaf shapes {list(shapes)}; the params have "
+            f"{list(spec.param_shapes)} (each gradient has its parameter's shape)."
+        )
+    if not (hasattr(dx, "shape") and hasattr(dx, "dtype")):
+        raise TypeError(
+            f"{where} returned dx as {_what(dx)}; expected an array of the input's shape "
+            f"{spec.x_shape}: the gradient w.r.t. the layer's input."
+        )
+    if tuple(dx.shape) != spec.x_shape:
+        raise ValueError(
+            f"{where} returned dx of shape {tuple(dx.shape)}; the input x has shape "
+            f"{spec.x_shape} (dx is the gradient w.r.t. x: sum over the axes the forward "
+            f"broadcast)."
+        )
+    if spec.x_dtype is not None and np.dtype(dx.dtype) != spec.x_dtype:
+        raise ValueError(
+            f"{where} returned dx of dtype {dx.dtype}; the input x has dtype {spec.x_dtype} "
+            f"(cast dx back to the input's dtype, as jax.vjp does)."
+        )
+    return dparams, dx
+
+
+def _validated_backward(
+    backward: Backward, dy: Array, *, spec: BackwardSpec
+) -> tuple[Grads, Array]:
+    return check_cotangents(spec, backward(dy))
+
+
+def validated(layer: str, backward: Any, params: Params, x: ArrayLike, **options: Any) -> Backward:
+    """``backward`` (refused unless a ``Partial``), whose result is checked when it is called.
+
+    A ``Partial`` again (its leaves are ``backward``'s), so it can cross ``jit`` and be a
+    ``jax.custom_vjp`` residual. ``options``: :func:`backward_spec`'s ``check_dtype``.
+    """
+    spec = backward_spec(layer, backward, params, x, **options)
+    return bind_backward(_validated_backward, backward, spec=spec)

@@ -5,19 +5,28 @@
 gradient with ``jax.grad`` and finite differences (:func:`jaxnn.gradcheck.check_gradients`).
 Nothing registers itself on import: this module *is* the list, and :func:`missing` names any
 public activation, loss, layer factory or penalty that has no case (a test keeps it empty).
+Layer factories are found, not listed (:func:`layer_factories`): every public function of every
+module of :mod:`jaxnn`, subpackages included, whose return annotation is :class:`~jaxnn.Layer`
+needs a case, wherever it lives.
 
 Case names are ``group.component`` or ``group.component.variant`` (``"layers.batchnorm.eval"``),
-``component`` being the public name it covers.
+``component`` being the public name it covers; ``jaxnn gradcheck --list`` prints them.
 
-Every layer case is built by :func:`layer_case`: ``f(params, x) = Σ w ⊙ layer(params, x)`` with
-a random cotangent ``w``, whose hand-derived gradient is the layer's ``backward(w)``; it takes
-the layer's ``state`` and, for stochastic layers, the ``key`` held fixed on both sides.
+Every layer case is :func:`jaxnn.gradcheck.layer_case`, the case that
+:func:`jaxnn.gradcheck.check_layer` runs in each mode: ``f(params, x) = Σ w ⊙ layer(params, x)``
+with a random cotangent ``w``, whose hand-derived gradient is the layer's validated
+``backward(w)``, w.r.t. the params and the input; it takes the layer's ``state`` and, for
+stochastic layers, the ``key`` held fixed on both sides.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
+import typing
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import jax
@@ -29,12 +38,14 @@ from jaxnn import combinators as _combinators
 from jaxnn import gradcheck
 from jaxnn import layers as _layers
 from jaxnn import losses as _losses
+from jaxnn import networks as _networks
 from jaxnn import regularization as _regularization
-from jaxnn._typing import Array, Layer, Params, PRNGKey, Shape, State
+from jaxnn._typing import Array, Layer, Params, PRNGKey
 from jaxnn.activations import ACTIVATIONS, Activation
-from jaxnn.backprop import backprop, value_and_grad
+from jaxnn.backprop import backprop, manual, value_and_grad
+from jaxnn.gradcheck import layer_case
 
-__all__ = ["CASES", "cases", "components", "layer_case", "missing", "random_targets"]
+__all__ = ["CASES", "cases", "components", "layer_factories", "missing", "random_targets"]
 
 MakeCase = Callable[[PRNGKey], gradcheck.GradCase]
 _NORMAL = jax.nn.initializers.normal(1.0)  # non-zero biases, so their gradients are exercised
@@ -53,58 +64,6 @@ def _host_rng(key: PRNGKey) -> np.random.Generator:
 
 def _float64(a: Array) -> Array:
     return jnp.asarray(np.asarray(a, np.float64))
-
-
-def layer_case(
-    key: PRNGKey,
-    layer: Layer,
-    input_shape: Shape,
-    *,
-    train: bool,
-    state: State | None = None,
-    layer_key: PRNGKey | None = None,
-    description: str | None = None,
-    **keywords: Any,
-) -> gradcheck.GradCase:
-    """The gradient case of ``layer``: ``f(params, x) = Σ w ⊙ layer.apply(params, state, x)[0]``.
-
-    Args:
-      key: draws the params (the layer's ``init``), ``x ~ N(0, 1)`` and the cotangent
-        ``w ~ N(0, 1)``.
-      layer, input_shape: the layer and its input's shape.
-      train: the mode, on both sides.
-      state: the layer's state (default: what ``init`` returns), e.g. random running
-        statistics for an eval-mode BatchNorm.
-      layer_key: the key a stochastic layer draws from, the same on both sides (default: one
-        drawn from ``key`` when the layer is stochastic).
-      description: for the report (default: the input shape).
-      keywords: keyword arrays for the layer (BatchNorm's ``mask``).
-
-    The hand-derived gradient is ``layer.vjp(...)``'s ``backward(w)``, for params and ``x``.
-    """
-    k_init, k_x, k_layer = jax.random.split(key, 3)
-    shape = tuple(int(d) for d in input_shape)
-    if layer_key is None and layer.stochastic:
-        layer_key = k_layer
-
-    run = dict(train=train, key=layer_key, **keywords)
-    rng = _host_rng(k_x)
-    with jax.enable_x64(True):
-        params, init_state = layer.init(k_init, shape)
-        params = jax.tree.map(_float64, params)
-        state = init_state if state is None else state
-        x = jnp.asarray(rng.standard_normal(shape))
-        y = jax.eval_shape(lambda params, x: layer.apply(params, state, x, **run)[0], params, x)
-        w = jnp.asarray(rng.standard_normal(y.shape))
-
-    def f(params: Params, x: Array) -> Array:
-        return jnp.sum(w * layer.apply(params, state, x, **run)[0])
-
-    @jax.jit  # the hand rules compiled, as training runs them (eager is checked in the tests)
-    def grad_fn(params: Params, x: Array) -> tuple[Params, Array]:
-        return layer.vjp(params, state, x, **run)[2](w)
-
-    return gradcheck.GradCase(f, (params, x), grad_fn, (0, 1), description or f"x{shape}")
 
 
 # ----------------------------------------------------------------------------- activations, losses
@@ -181,27 +140,24 @@ def _masked_loss(loss: _losses.Loss) -> MakeCase:
 
 
 # ----------------------------------------------------------------------------- layers
+# Each: draw the shapes from one half of the key, the case (params, x, cotangent) from the other.
 
 
 def _dense(key: PRNGKey) -> gradcheck.GradCase:
     k_shape, k_case = jax.random.split(key)
     batch, n_in, n_out = _dims(k_shape, 3, 1, 7)
-    return layer_case(k_case, _layers.dense(n_out, b_init=_NORMAL), (batch, n_in), train=False)
+    return layer_case(_layers.dense(n_out, b_init=_NORMAL), (batch, n_in), train=False, key=k_case)
 
 
 def _activation_layer(key: PRNGKey) -> gradcheck.GradCase:
     k_shape, k_case = jax.random.split(key)
-    return layer_case(
-        k_case, _layers.activation("tanh"), tuple(_dims(k_shape, 2, 1, 6)), train=False
-    )
+    shape = _dims(k_shape, 2, 1, 6)
+    return layer_case(_layers.activation("tanh"), shape, train=False, key=k_case)
 
 
 def _dropout(key: PRNGKey) -> gradcheck.GradCase:
     k_shape, k_case = jax.random.split(key)
-    shape = tuple(_dims(k_shape, 2, 2, 7))
-    return layer_case(
-        k_case, _layers.dropout(0.3), shape, train=True, description=f"train x{shape}"
-    )
+    return layer_case(_layers.dropout(0.3), _dims(k_shape, 2, 2, 7), train=True, key=k_case)
 
 
 def _bn_shape(key: PRNGKey) -> tuple[int, ...]:
@@ -212,10 +168,7 @@ def _bn_shape(key: PRNGKey) -> tuple[int, ...]:
 
 def _batchnorm_train(key: PRNGKey) -> gradcheck.GradCase:
     k_shape, k_case = jax.random.split(key)
-    shape = _bn_shape(k_shape)
-    return layer_case(
-        k_case, _batchnorm.batchnorm(), shape, train=True, description=f"train x{shape}"
-    )
+    return layer_case(_batchnorm.batchnorm(), _bn_shape(k_shape), train=True, key=k_case)
 
 
 def _batchnorm_eval(key: PRNGKey) -> gradcheck.GradCase:
@@ -225,8 +178,7 @@ def _batchnorm_eval(key: PRNGKey) -> gradcheck.GradCase:
     state = _batchnorm.BatchNormState(  # random running statistics, not init's (0, 1)
         jnp.asarray(rng.standard_normal(c)), jnp.asarray(rng.uniform(0.5, 2.0, c)), jnp.asarray(3)
     )
-    layer = _batchnorm.batchnorm()
-    return layer_case(k_case, layer, shape, train=False, state=state, description=f"eval x{shape}")
+    return layer_case(_batchnorm.batchnorm(), shape, train=False, key=k_case, state=state)
 
 
 def _batchnorm_mask(key: PRNGKey) -> gradcheck.GradCase:
@@ -234,8 +186,8 @@ def _batchnorm_mask(key: PRNGKey) -> gradcheck.GradCase:
     batch, features = _dims(k_shape, 2, 3, 7)
     mask = jnp.arange(batch) < _dims(k_mask, 1, 2, batch + 1)[0]  # >= 2 real rows
     return layer_case(
-        k_case, _batchnorm.batchnorm(), (batch, features), train=True, mask=mask,
-        description=f"train x({batch}, {features}), {int(mask.sum())} rows in the statistics",
+        _batchnorm.batchnorm(), (batch, features), train=True, key=k_case, mask=mask,
+        shapes=f"train x({batch}, {features}), {int(mask.sum())} rows in the statistics",
     )  # fmt: skip
 
 
@@ -248,30 +200,38 @@ def _serial(key: PRNGKey) -> gradcheck.GradCase:
         _layers.dropout(0.25),
         _layers.dense(2, b_init=_NORMAL),
     )
-    return layer_case(
-        k_case, net, (batch, n_in), train=True, description=f"train x({batch}, {n_in})"
-    )
+    return layer_case(net, (batch, n_in), train=True, key=k_case)
 
 
 def _mlp(key: PRNGKey) -> gradcheck.GradCase:
     k_shape, k_act, k_case = jax.random.split(key, 3)
     sizes = _dims(k_shape, 4, 1, 6)
     acts = [_SMOOTH[i] for i in _dims(k_act, 2, 0, len(_SMOOTH))]
-    net = _combinators.mlp(sizes[1:], [*acts, "identity"], b_init=_NORMAL)
-    return layer_case(k_case, net, (sizes[0], 3), train=False)
+    net = _networks.mlp(sizes[1:], [*acts, "identity"], b_init=_NORMAL)
+    return layer_case(net, (sizes[0], 3), train=False, key=k_case)
+
+
+def _masked_mlp(key: PRNGKey, wrap: Callable[[Layer], Layer]) -> gradcheck.GradCase:
+    """An MLP with BatchNorm and dropout, one padding row masked, in training."""
+    k_shape, k_case, k_mask = jax.random.split(key, 3)
+    batch, n_in, hidden = _dims(k_shape, 3, 3, 6)
+    net = _networks.mlp([hidden, hidden, 2], "sigmoid", batchnorm=True, dropout=0.2, b_init=_NORMAL)
+    mask = jnp.arange(batch) != _dims(k_mask, 1, 0, batch)[0]  # one padding row
+    return layer_case(
+        wrap(net), (batch, n_in), train=True, key=k_case, mask=mask,
+        shapes=f"train x({batch}, {n_in}), one row masked",
+    )  # fmt: skip
 
 
 def _mlp_batchnorm_dropout(key: PRNGKey) -> gradcheck.GradCase:
-    k_shape, k_case, k_mask = jax.random.split(key, 3)
-    batch, n_in, hidden = _dims(k_shape, 3, 3, 6)
-    net = _combinators.mlp(
-        [hidden, hidden, 2], "sigmoid", batchnorm=True, dropout=0.2, b_init=_NORMAL
-    )
-    mask = jnp.arange(batch) != _dims(k_mask, 1, 0, batch)[0]  # one padding row
-    return layer_case(
-        k_case, net, (batch, n_in), train=True, mask=mask,
-        description=f"train x({batch}, {n_in}), one row masked",
-    )  # fmt: skip
+    return _masked_mlp(key, lambda net: net)
+
+
+def _manual(key: PRNGKey) -> gradcheck.GradCase:
+    """``manual(net)``: ``jax.grad`` of its ``apply`` runs the hand rules through
+    ``jax.custom_vjp`` (hand vs ``jax.grad`` agree by construction there); finite differences
+    judge both, w.r.t. the params and the input."""
+    return _masked_mlp(key, manual)
 
 
 # ----------------------------------------------------------------------------- penalties
@@ -281,7 +241,7 @@ def _penalty(name: str) -> MakeCase:
     def make(key: PRNGKey) -> gradcheck.GradCase:
         k_shape, k_init, k_scale = jax.random.split(key, 3)
         n_in, hidden = _dims(k_shape, 2, 1, 5)
-        net = _combinators.mlp([hidden, 2], "tanh", batchnorm=True, b_init=_NORMAL)
+        net = _networks.mlp([hidden, 2], "tanh", batchnorm=True, b_init=_NORMAL)
         with jax.enable_x64(True):
             params, _ = net.init(k_init, (4, n_in))
             # Kernels moved 0.1 away from 0, where L1's subgradient jumps (finite differences
@@ -307,7 +267,7 @@ def _network(mode: str) -> MakeCase:
         k_shape, k_init, k_x, k_t = jax.random.split(key, 4)
         batch, n_in, hidden, n_out = _dims(k_shape, 4, 1, 6)
         with jax.enable_x64(True):
-            net = _combinators.mlp([hidden, hidden, n_out], "tanh", b_init=_NORMAL)
+            net = _networks.mlp([hidden, hidden, n_out], "tanh", b_init=_NORMAL)
             params, state = net.init(k_init, (batch, n_in))
             x = jnp.asarray(_host_rng(k_x).standard_normal((batch, n_in)))
             targets = jnp.asarray(_host_rng(k_t).standard_normal((batch, n_out)))
@@ -349,6 +309,7 @@ CASES: dict[str, MakeCase] = {
     "layers.serial": _serial,
     "layers.mlp": _mlp,
     "layers.mlp.batchnorm_dropout": _mlp_batchnorm_dropout,
+    "layers.manual": _manual,
     "regularization.l1": _penalty("l1"),
     "regularization.l2": _penalty("l2"),
     "backprop.loop": _network("loop"),
@@ -356,25 +317,61 @@ CASES: dict[str, MakeCase] = {
 }
 
 
+def _skip(name: str) -> None:
+    del name
+
+
+def _returns_layer(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn``'s return annotation is :class:`~jaxnn.Layer` (resolved, or by its text
+    where the module's annotations cannot be resolved at run time)."""
+    annotation = inspect.signature(fn).return_annotation
+    if isinstance(annotation, str):  # `from __future__ import annotations`
+        try:
+            annotation = typing.get_type_hints(fn).get("return")
+        except Exception:  # a name imported only for type checking: judge by the text
+            return annotation.rsplit(".", 1)[-1] == "Layer"
+    return annotation is Layer
+
+
+def layer_factories(package: ModuleType | None = None) -> dict[str, str]:
+    """Every public layer factory of ``package`` (default :mod:`jaxnn`): name -> where defined.
+
+    A layer factory is a public function (its name does not start with ``_``) defined in a
+    module of the package, at any depth, whose return annotation is :class:`~jaxnn.Layer`:
+    ``{"dense": "jaxnn.layers.dense", ...}``. Every module is imported (``__main__`` modules
+    excepted), and one that fails to import raises: jaxnn's modules have no import-time side
+    effects.
+    """
+    package = importlib.import_module("jaxnn") if package is None else package
+    found: dict[str, str] = {}
+    # A subpackage that fails to import is skipped by the walk and raises at import below.
+    modules = pkgutil.walk_packages(package.__path__, f"{package.__name__}.", onerror=_skip)
+    for module_name in [package.__name__, *sorted(m.name for m in modules)]:
+        if module_name.rsplit(".", 1)[-1] == "__main__":
+            continue
+        module = importlib.import_module(module_name)
+        for public, obj in sorted(vars(module).items()):
+            if (
+                not public.startswith("_")
+                and inspect.isfunction(obj)
+                and obj.__module__ == module_name
+                and _returns_layer(obj)
+            ):
+                found.setdefault(public, f"{module_name}.{public}")
+    return found
+
+
 def components() -> list[str]:
     """Every public component that must have a case: ``group.name``.
 
     Activations and losses by their registries' names, penalties by
-    :data:`jaxnn.regularization.PENALTIES`, and every public function of
-    :mod:`jaxnn.layers`, :mod:`jaxnn.batchnorm` and :mod:`jaxnn.combinators` that returns a
-    :class:`~jaxnn.Layer` (found by its return annotation).
+    :data:`jaxnn.regularization.PENALTIES`, and every layer factory of the package wherever it
+    is defined (:func:`layer_factories`) as ``layers.<name>``.
     """
     names = [f"activations.{n}" for n in ACTIVATIONS]
     names += [f"losses.{n}" for n in _losses.LOSSES]
     names += [f"regularization.{n}" for n in _regularization.PENALTIES]
-    for module in (_layers, _batchnorm, _combinators):
-        for public in module.__all__:
-            obj = getattr(module, public)
-            if inspect.isfunction(obj) and inspect.signature(obj).return_annotation in (
-                "Layer",
-                Layer,
-            ):
-                names.append(f"layers.{public}")
+    names += [f"layers.{n}" for n in layer_factories()]
     return names
 
 

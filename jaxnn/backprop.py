@@ -5,7 +5,8 @@ Two ways to take the gradient of a loss through a network, which give the same n
 * :func:`backprop` — reverse-mode differentiation written out as one readable loop: the
   forward runs each layer's ``vjp`` and keeps its ``backward``; the loss's hand-derived
   gradient gives ``dL/dy``; the ``backward``s run in reverse (inside ``serial``). No
-  ``jax.grad`` anywhere.
+  ``jax.grad`` anywhere. :func:`layer_gradients` runs the same loop and keeps what every layer
+  of a composition received and sent: its input, its output, ``δ = ∂L/∂y`` and its ``dparams``.
 * :func:`manual` — wraps a layer (and :func:`manual_loss` a loss, :func:`manual_penalty` a
   penalty) in ``jax.custom_vjp`` whose backward *is* the hand-derived one, so that
   ``jax.grad`` of any function of the network (regularised losses, optax pipelines,
@@ -18,17 +19,38 @@ Two ways to take the gradient of a loss through a network, which give the same n
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jaxnn import losses as _losses
 from jaxnn._checks import all_finite, ensure_nonempty, is_traced, require
-from jaxnn._typing import Array, ArrayLike, Grads, Layer, Params, PRNGKey, State
+from jaxnn._typing import (
+    Array,
+    ArrayLike,
+    Grads,
+    Layer,
+    Params,
+    PRNGKey,
+    State,
+    backward_spec,
+    check_cotangents,
+    validated,
+)
+from jaxnn.combinators import _backward_pass, _forward_vjp, layer_keys
 from jaxnn.regularization import Penalty
 
-__all__ = ["GRAD_MODES", "backprop", "manual", "manual_loss", "manual_penalty", "value_and_grad"]
+__all__ = [
+    "GRAD_MODES",
+    "LayerGradients",
+    "backprop",
+    "layer_gradients",
+    "manual",
+    "manual_loss",
+    "manual_penalty",
+    "value_and_grad",
+]
 
 GradMode = Literal["autodiff", "manual"]
 GRAD_MODES = ("autodiff", "manual")
@@ -52,7 +74,7 @@ def _check_batch(who: str, x: ArrayLike, targets: ArrayLike) -> None:
 
 
 def backprop(
-    layer: Layer,
+    network: Layer,
     loss: str | _losses.Loss,
     params: Params,
     state: State,
@@ -68,32 +90,93 @@ def backprop(
 
     The chain rule, in order::
 
-        y, new_state, backward = layer.vjp(params, state, x)   # forward, keeping residuals
+        y, new_state, backward = network.vjp(params, state, x) # forward, keeping residuals
         L = loss(y, targets);  dy = ∂L/∂y                        # loss and its hand gradient
         grads, dx = backward(dy)                                 # every layer, in reverse
         L, grads += P(params), ∂P/∂params                        # a penalty, if any
 
     Args:
-      layer: the network (any :class:`~jaxnn.Layer`, e.g. ``mlp``/``serial``).
+      network: any :class:`~jaxnn.Layer` (e.g. ``mlp``/``serial``).
       loss: a loss name or :class:`~jaxnn.losses.Loss`.
       params, state: the network's params and state.
       x: inputs ``[batch, ...]``; targets: what the loss compares ``y`` with.
-      train, key, keywords: passed to the layer (``keywords``: e.g. BatchNorm's ``mask``).
+      train, key, keywords: passed to the network (``keywords``: e.g. BatchNorm's ``mask``).
       penalty: optional :class:`~jaxnn.regularization.Penalty` added to the loss.
 
     Returns:
       ``(loss_value, grads, new_state)``; ``grads`` has the structure of ``params``.
+
+    Raises:
+      TypeError, ValueError: the layer's backward is not a ``Partial``, or does not return
+        ``(dparams, dx)`` of the params' structure and ``x``'s shape (the error names the layer).
     """
     loss = _losses.get(loss)
     _check_penalty(penalty)
     _check_batch("backprop", x, targets)
-    y, new_state, backward = layer.vjp(params, state, x, train=train, key=key, **keywords)
+    y, new_state, backward = network.vjp(params, state, x, train=train, key=key, **keywords)
+    spec = backward_spec(repr(network.name), backward, params, x)  # refused unless a Partial
     value = loss.fn(y, targets)
-    grads, _dx = backward(loss.grad(y, targets))
+    grads, _dx = check_cotangents(spec, backward(loss.grad(y, targets)))
     if penalty is not None:
         value = value + penalty.fn(params)
         grads = jax.tree.map(jnp.add, grads, penalty.grad(params))
     return value, grads, new_state
+
+
+class LayerGradients(NamedTuple):
+    """What one layer of a composition received and sent during :func:`layer_gradients`."""
+
+    x: Array  # its input [batch, ...]
+    y: Array  # its output [batch, ...]
+    dy: Array  # δ = ∂L/∂y, the gradient it received, y's shape
+    dparams: Params  # ∂L/∂params, its params' structure ({} for a layer without params)
+
+
+def layer_gradients(
+    network: Layer,
+    loss: str | _losses.Loss,
+    params: Params,
+    state: State,
+    x: ArrayLike,
+    targets: ArrayLike,
+    *,
+    train: bool,
+    key: PRNGKey | None = None,
+    **keywords: Any,
+) -> tuple[Array, dict[str, LayerGradients], State]:
+    """:func:`backprop` through a composition, keeping every layer's input, output and gradients.
+
+    The same forward (each layer's ``vjp``) and the same reverse loop as ``serial``'s
+    backward, with each layer's ``dy`` kept on the way::
+
+        δ_n = ∂L/∂y_n;   (dparams_i, δ_{i-1}) = backward_i(δ_i),   i = n, ..., 1
+
+    so ``δ_i`` is ``∂L/∂y_i``, the gradient w.r.t. layer ``i``'s output (for a dense layer
+    ``z = xW + b``: ``δ = ∂L/∂z`` and ``dparams["w"] = xᵀδ``), and the ``dparams`` equal
+    :func:`backprop`'s grads. No ``jax.grad`` anywhere.
+
+    Args:
+      network: a composition (``serial`` or ``mlp``).
+      loss, params, state, x, targets, train, key, keywords: as for :func:`backprop`.
+
+    Returns:
+      ``(loss_value, layers, new_state)``: ``layers`` maps each layer's key
+      (:func:`jaxnn.combinators.layer_keys`), in run order, to its :class:`LayerGradients`.
+
+    Raises:
+      TypeError: ``network`` is not a composition; a layer's backward is not a ``Partial``.
+      ValueError: a layer's backward does not return ``(dparams, dx)`` of its params' structure
+        and its input's shape (the error names the layer).
+    """
+    names = layer_keys(network)
+    loss = _losses.get(loss)
+    _check_batch("layer_gradients", x, targets)
+    y, new_state, inputs, outputs, backwards, specs = _forward_vjp(
+        network, params, state, x, train, key, keywords
+    )
+    received, grads, _dx = _backward_pass(backwards, loss.grad(y, targets), names, specs)
+    layers = {n: LayerGradients(inputs[n], outputs[n], received[n], grads[n]) for n in names}
+    return loss.fn(y, targets), layers, new_state
 
 
 def manual(layer: Layer) -> Layer:
@@ -102,7 +185,9 @@ def manual(layer: Layer) -> Layer:
     ``apply`` is wrapped in ``jax.custom_vjp``: the custom forward runs ``layer.vjp`` and
     keeps its ``backward`` (a ``jax.tree_util.Partial`` pytree) as the residual; the custom
     backward calls it. State, key and the layer's keyword arrays (BatchNorm's ``mask``) get no
-    cotangent: they are not differentiable.
+    cotangent: they are not differentiable. A backward that is not a ``Partial``, or whose
+    result is not ``(dparams, dx)`` of the params' structure and ``x``'s shape, is refused
+    naming the layer (:func:`jaxnn._typing.validated`).
     """
 
     def make(train: bool) -> Callable[..., tuple[Array, State]]:
@@ -112,7 +197,7 @@ def manual(layer: Layer) -> Layer:
 
         def fwd(params: Params, state: State, x: Array, key: PRNGKey | None, keywords: dict):
             y, new_state, backward = layer.vjp(params, state, x, train=train, key=key, **keywords)
-            return (y, new_state), backward
+            return (y, new_state), validated(repr(layer.name), backward, params, x)
 
         def bwd(backward: Callable[[Array], tuple[Params, Array]], cotangents: Any):
             dy, _ = cotangents
@@ -179,7 +264,7 @@ def manual_penalty(penalty: Penalty) -> Penalty:
 
 
 def value_and_grad(
-    layer: Layer,
+    network: Layer,
     loss: str | _losses.Loss,
     *,
     grad: GradMode = "autodiff",
@@ -188,7 +273,7 @@ def value_and_grad(
     """A function computing the loss, the new state and the gradient w.r.t. params.
 
     Args:
-      layer: the network.
+      network: the network (any :class:`~jaxnn.Layer`).
       loss: a loss name or :class:`~jaxnn.losses.Loss`.
       grad: ``"autodiff"`` (``jax.grad`` of the forward) or ``"manual"`` (``jax.grad`` running
         the hand-derived rules through ``jax.custom_vjp``). Both give the same numbers.
@@ -197,7 +282,7 @@ def value_and_grad(
 
     Returns:
       ``fn(params, state, x, targets, *, train, key=None, **keywords) -> ((loss, new_state),
-      grads)``; ``keywords`` (e.g. BatchNorm's ``mask``) go to the layer.
+      grads)``; ``keywords`` (e.g. BatchNorm's ``mask``) go to the network.
 
     Raises:
       ValueError: ``grad`` is not one of ``"autodiff"``, ``"manual"``.
@@ -207,11 +292,11 @@ def value_and_grad(
     loss = _losses.get(loss)
     _check_penalty(penalty)
     if grad == "manual":
-        layer, loss = manual(layer), manual_loss(loss)
+        network, loss = manual(network), manual_loss(loss)
         penalty = None if penalty is None else manual_penalty(penalty)
 
     def objective(params, state, x, targets, train, key, keywords):
-        y, new_state = layer.apply(params, state, x, train=train, key=key, **keywords)
+        y, new_state = network.apply(params, state, x, train=train, key=key, **keywords)
         value = loss.fn(y, targets)
         if penalty is not None:
             value = value + penalty.fn(params)

@@ -62,7 +62,7 @@ finite for any finite input (a float32 ``(x - mean)²`` overflows once the sprea
 ``1.8e19``). A running variance beyond the state dtype's range is stored as its largest
 finite value (:func:`update_running`). The output has the input's dtype, or ``compute_dtype``.
 
-**Mixed precision** (``compute_dtype=jnp.bfloat16``, as :func:`~jaxnn.combinators.mlp` passes
+**Mixed precision** (``compute_dtype=jnp.bfloat16``, as :func:`~jaxnn.networks.mlp` passes
 it): the layer's policy in jmp's terms is ``Policy(param_dtype=float32, compute_dtype=float32,
 output_dtype=bfloat16)`` (jmp users give BatchNorm a policy of its own, as Haiku's ImageNet
 example's ``--mp_bn_policy``), and it is what Flax's ``nn.BatchNorm(dtype=jnp.bfloat16)`` does
@@ -76,7 +76,7 @@ so bfloat16's 8-bit significand never enters a mean, a variance or the running s
 **Refused**: a training batch of fewer than two values per feature (no variance to estimate;
 a 0-row batch included). Under ``jit`` a ``mask`` selecting fewer than two examples cannot be
 refused: the statistics stay finite but say nothing, and the checking mode
-(:mod:`jaxnn.checking`) raises.
+(:mod:`jaxnn.debug`) raises.
 
 **Inference statistics as the paper defines them** (Ioffe & Szegedy, 2015, Algorithm 2,
 steps 8–11): after training, run the training network (train mode) over training minibatches
@@ -554,7 +554,7 @@ def batchnorm(
     reduced axes' shape (e.g. ``[batch]``) marking the examples that count in the statistics
     (padding excluded); every example is still normalised. A mask that selects fewer than two
     examples cannot be refused under ``jit``: the statistics then stay finite but say nothing
-    (the checking mode, :mod:`jaxnn.checking`, raises).
+    (the checking mode, :mod:`jaxnn.debug`, raises).
 
     Raises:
       ValueError: unknown convention; ``eps <= 0``; momentum outside its convention's range.
@@ -607,13 +607,13 @@ def _is_bn_state(node: Any) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def _population_step(net: Layer) -> Any:
+def _population_step(network: Layer) -> Any:
     """``(params, state, x, key, keywords) -> state``: one training-mode pass, jitted once per
     network (traced inside :data:`_POPULATION`, which is part of the cache key)."""
 
     @functools.partial(jax.jit, donate_argnums=(1,))
     def step(params: Params, state: State, x: Array, key: PRNGKey | None, keywords: dict):
-        _, new_state = net.apply(params, state, x, train=True, key=key, **keywords)
+        _, new_state = network.apply(params, state, x, train=True, key=key, **keywords)
         return new_state
 
     return step
@@ -718,7 +718,7 @@ def _check_finite_statistics(params: Params, state: State, inputs_checked: bool)
 
 
 def population_statistics(
-    net: Layer,
+    network: Layer,
     params: Params,
     state: State,
     batches: Iterable[Any],
@@ -726,7 +726,7 @@ def population_statistics(
     key: PRNGKey | None = None,
     **keywords: Any,
 ) -> State:
-    """The inference statistics of every BatchNorm layer in ``net``, as Ioffe & Szegedy (2015)
+    """The inference statistics of every BatchNorm layer in ``network``, as Ioffe & Szegedy (2015)
     define them (Algorithm 2, steps 9–11): ``state`` with each :class:`BatchNormState` set to::
 
         mean = E_B[mean_B]     var = E_B[m_B/(m_B - 1) · var_B]     count = number of batches
@@ -735,7 +735,7 @@ def population_statistics(
     on batch ``B`` with the network in train mode (so each layer's input is normalised by the
     layers before it with their batch statistics, as in training). For batches of one size
     ``m`` this is the paper's ``Var[x] = m/(m - 1) · E_B[var_B]``. Evaluate with the returned
-    state (``net.apply(params, pop_state, x, train=False)``). The state passed in is not
+    state (``network.apply(params, pop_state, x, train=False)``). The state passed in is not
     consumed; only its BatchNorm entries change; ``params`` are not changed.
 
     It is the ``"cumulative"`` convention's update (``running ← running + (batch - running) /
@@ -745,12 +745,12 @@ def population_statistics(
     to follow the paper (or pass ``mask=`` for padded batches of one shape).
 
     Args:
-      net: a network (any :class:`~jaxnn.Layer`; BatchNorm layers anywhere inside it).
+      network: a network (any :class:`~jaxnn.Layer`; BatchNorm layers anywhere inside it).
       params, state: the trained network's params and state.
       batches: an iterable of training minibatches, each an input array ``x`` or a tuple
         ``(x, ...)`` whose first element is ``x`` (targets are ignored), e.g. the minibatches
         of one epoch without shuffling.
-      key: needed when ``net`` is stochastic (dropout): batch ``i`` gets
+      key: needed when ``network`` is stochastic (dropout): batch ``i`` gets
         ``jax.random.fold_in(key, i)``, so dropout is active, as in the training network that
         Algorithm 2 runs.
       **keywords: keyword arrays passed to every call (BatchNorm's ``mask``).
@@ -759,7 +759,7 @@ def population_statistics(
       ``state``'s structure, with every BatchNorm layer's population statistics.
 
     Raises:
-      ValueError: ``batches`` is empty; ``state`` holds no BatchNorm state; ``net`` is
+      ValueError: ``batches`` is empty; ``state`` holds no BatchNorm state; ``network`` is
         stochastic and ``key`` is None; a batch of one example (no variance to estimate); a
         batch whose input ``x`` holds NaN or inf (checked per batch, one reduction and one
         host sync each); statistics that come out non-finite from finite inputs (the params
@@ -767,26 +767,26 @@ def population_statistics(
 
     Example::
 
-        trained = fit(net, loss, optimizer, ts, (x, y), epochs=20).state
+        trained = fit(network, loss, optimizer, ts, (x, y), epochs=20).state
         batches = (x[i : i + 64] for i in range(0, len(x) - 63, 64))  # full batches only
-        pop = population_statistics(net, trained.params, trained.state, batches)
-        logits, _ = net.apply(trained.params, pop, x_test, train=False)
+        pop = population_statistics(network, trained.params, trained.state, batches)
+        logits, _ = network.apply(trained.params, pop, x_test, train=False)
     """
-    if not isinstance(net, Layer):
+    if not isinstance(network, Layer):
         raise TypeError(
-            f"population_statistics: net must be a jaxnn Layer (mlp(...), serial(...)), got "
-            f"{type(net).__name__}."
+            f"population_statistics: network must be a jaxnn Layer (mlp(...), serial(...)), "
+            f"got {type(network).__name__}."
         )
     if not any(_is_bn_state(n) for n in jax.tree.leaves(state, is_leaf=_is_bn_state)):
         raise ValueError(
-            f"population_statistics: the state of {net.name!r} holds no BatchNormState, so there "
-            f"are no BatchNorm statistics to estimate. Pass the state that the network's init "
-            f"(or training) returned; a network without BatchNorm needs none."
+            f"population_statistics: the state of {network.name!r} holds no BatchNormState, so "
+            f"there are no BatchNorm statistics to estimate. Pass the state that the network's "
+            f"init (or training) returned; a network without BatchNorm needs none."
         )
-    if net.stochastic and key is None:
+    if network.stochastic and key is None:
         raise ValueError(
-            f"population_statistics: {net.name!r} draws randomness in train mode (dropout), so it "
-            f"needs key=jax.random.key(seed); batch i gets jax.random.fold_in(key, i)."
+            f"population_statistics: {network.name!r} draws randomness in train mode (dropout), so "
+            f"it needs key=jax.random.key(seed); batch i gets jax.random.fold_in(key, i)."
         )
     fresh = jax.tree.map(
         lambda s: (
@@ -799,7 +799,7 @@ def population_statistics(
     )
     # The first step donates its state argument: give it copies, never the caller's arrays.
     current = jax.tree.map(jnp.array, fresh)
-    step = _population_step(net)
+    step = _population_step(network)
     n, checked = 0, True
     mask = keywords.get("mask")
     if is_traced(mask):  # inside jit: no values to check

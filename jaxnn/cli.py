@@ -1,18 +1,13 @@
-"""The ``jaxnn`` command.
+"""The ``jaxnn`` command line: audit the hand-derived gradients, train an MLP.
 
-* ``jaxnn reproduce [--only NAME[,NAME]] [--quick] [--out DIR] [--quiet]`` — runs every
-  experiment of the ``jaxnn_experiments`` package (the repository's ``experiments/`` folder);
-  each writes JSON, and figures where it has them, into ``DIR`` (default ``results/``), and
-  ``DIR/report.md`` gathers each claim of the source text with its rule, figure, numbers and
-  computed verdict. ``--quick`` runs every experiment scaled down. ``DIR`` is checked before
-  anything runs: it must be a folder that can be created and written.
-* ``jaxnn gradcheck [--seeds N] [--import MODULE ...] [--only PREFIX] [--quiet]`` — audits
-  every registered hand-derived gradient against ``jax.grad`` and finite differences at random
-  shapes and seeds (the list in :mod:`jaxnn.audit`) and prints a table and a summary line
-  (``N passed, M failed, K errors``). ``--import`` loads a module of yours (from the working
-  folder too) that registers its own cases with :func:`jaxnn.gradcheck.register`. A case that
-  fails to build or raises while being checked is an ERROR row; the audit goes on through
-  every other case.
+* ``jaxnn gradcheck [--seeds N] [--import MODULE ...] [--only PREFIX] [--list] [--quiet]`` —
+  audits every registered hand-derived gradient against ``jax.grad`` and finite differences at
+  random shapes and seeds (the list in :mod:`jaxnn.audit`) and prints a table and a summary
+  line (``N passed, M failed, K errors``). ``--import`` loads a module of yours (from the
+  working folder too) that registers its own cases with :func:`jaxnn.gradcheck.register`. A
+  case that fails to build or raises while being checked is an ERROR row; the audit goes on
+  through every other case. ``--list`` prints the cases (those ``--only`` selects) and checks
+  nothing.
 * ``jaxnn train [--data NAME] [--hidden 128,64] [--activation relu] [--batchnorm] [--dropout
   P] [--optimizer adam] [--lr 1e-3] [--epochs 20] [--grad manual] [--compute-dtype bfloat16]
   [--devices N] [--checkpoint DIR] [--resume [--fallback]] [--seed N] [--out DIR]`` — trains an MLP
@@ -20,26 +15,26 @@
   test accuracy; ``metrics.json`` and ``learning_curve.png`` in ``DIR`` (default ``runs/``).
   ``--devices N`` trains data-parallel on ``N`` local devices (:mod:`jaxnn.parallel`; on the
   CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` simulates them).
-* ``jaxnn bench [--batches 128,1024] [--rounds N] [--dtype bfloat16] [--only NAME[,NAME]]
-  [--quick] [--out FILE]`` — times one training step of an MLP 784-512-512-10 with BatchNorm
-  (:mod:`jaxnn.benchmark`): jaxnn (autodiff and hand-derived gradients) against plain JAX,
-  the step's bare matmuls and, where installed, Flax, Equinox and PyTorch, interleaved; prints
-  a table and writes the JSON report to ``FILE`` (default ``bench.json``).
 * ``jaxnn --version`` — the installed version.
+
+More commands plug in through :func:`main`'s ``commands`` (:func:`parser` lists them
+before its own): the ``jaxnn`` console script of the repository's experiments package adds
+``reproduce`` that way, and nothing in this package imports the experiments.
+``python -m jaxnn.cli`` runs this module's commands alone.
 
 Exit status, argparse's convention:
 
-* 0 — success: every check passed, every experiment ran.
-* 1 — a gradient mismatch (``gradcheck``), an experiment that raised (``reproduce``), a
-  training run that diverged (``train``: a NaN or infinite loss or metric; its record is
-  written, with the test metrics of the best finite epoch).
+* 0 — success: every check passed, the run finished.
+* 1 — a gradient mismatch (``gradcheck``), a training run that diverged (``train``: a NaN or
+  infinite loss or metric; its record is written, with the test metrics of the best finite
+  epoch).
 * 2 — a usage error: bad arguments (for ``train`` also data files that are missing or
   corrupt, a ``--checkpoint`` folder that holds what jaxnn did not write or another run's
   checkpoints, a damaged checkpoint), an ``--import`` module that cannot be found or raises
   while importing, an ``--only`` that matches no case, an ``--out`` that is not a writable
-  folder, the experiments not installed; and audit cases that fail to build or raise while
-  being checked. When an audit has both mismatches and errors, 2 wins: the audit is
-  incomplete, and a case that raised may hide a mismatch of its own.
+  folder; and audit cases that fail to build or raise while being checked. When an audit has
+  both mismatches and errors, 2 wins: the audit is incomplete, and a case that raised may
+  hide a mismatch of its own.
 * 130 — interrupted (Ctrl-C), in one line; ``train`` first finishes a checkpoint being saved
   and writes the record of the epochs done, and says how to resume.
 
@@ -54,25 +49,35 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
-import importlib.util
 import os
 import sys
-import tempfile
-import time
+import textwrap
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any, NamedTuple, NoReturn
 
 from tqdm import tqdm
 
-__all__ = ["import_experiments", "main", "version"]
+__all__ = ["Command", "main", "out_problem", "parser", "version"]
 
-EXPERIMENTS_PACKAGE = "jaxnn_experiments"
-_INSTALL_EXPERIMENTS = (
-    "Install them with the experiments extra: pip install -e '.[experiments]' from the "
-    "repository root."
+Command = Callable[[Any, argparse.ArgumentParser], None]
+"""A subcommand to add: called with the parser's subcommands (what ``add_subparsers``
+returns) and the parent parser that holds ``-q/--quiet``, it adds one with
+``add_parser(name, parents=[quiet], help=...)`` and sets ``run``, the function of the parsed
+arguments that returns the exit status: ``set_defaults(run=...)``."""
+
+_DESCRIPTION = (
+    "jaxnn: the fundamentals of training neural networks in JAX, every gradient derived by "
+    "hand and checked against jax.grad. Each command below does one job; 'jaxnn COMMAND "
+    "--help' lists its options."
+)
+_EPILOG = (
+    "Documentation: README.md and docs/ in the jaxnn repository; help('jaxnn') in Python for "
+    "the API.",
+    "Exit status: 0 success; 1 a check or a run that failed (a gradient mismatch, an "
+    "experiment that raised, a diverged training run); 2 a usage error, an --import that "
+    "cannot be imported, or audit cases that raised; 130 interrupted (Ctrl-C).",
 )
 _HEADER = (
     "case",
@@ -94,188 +99,9 @@ def version() -> str:
         return __version__
 
 
-def _repository_experiments() -> Path:
-    """The ``experiments/`` folder beside the folder of this ``jaxnn`` package."""
-    return Path(__file__).resolve().parent.parent / "experiments"
-
-
-def import_experiments() -> ModuleType:
-    """The experiments package ``jaxnn_experiments``, installed or from the repository.
-
-    Installed (``pip install -e '.[experiments]'``), it is imported as it is. With the
-    repository only on the path (``PYTHONPATH=.``), the repository's ``experiments/`` folder,
-    beside the ``jaxnn`` package's folder, is loaded under the name ``jaxnn_experiments`` and
-    registered in ``sys.modules``, so that ``import jaxnn_experiments.<name>`` works after
-    this call.
-
-    Raises:
-      ModuleNotFoundError: neither is there; the message says how to install them.
-    """
-    try:
-        return importlib.import_module(EXPERIMENTS_PACKAGE)
-    except ModuleNotFoundError as e:
-        if e.name != EXPERIMENTS_PACKAGE:
-            raise
-    folder = _repository_experiments()
-    init = folder / "__init__.py"
-    # pyproject.toml beside it: a checkout of the repository, not an unrelated `experiments`
-    # folder that happens to sit next to an installed jaxnn.
-    if not (init.is_file() and (folder.parent / "pyproject.toml").is_file()):
-        raise ModuleNotFoundError(
-            f"no module named {EXPERIMENTS_PACKAGE!r} is installed, and {folder} is not the "
-            f"experiments folder of a jaxnn repository. {_INSTALL_EXPERIMENTS}",
-            name=EXPERIMENTS_PACKAGE,
-        )
-    spec = importlib.util.spec_from_file_location(
-        EXPERIMENTS_PACKAGE, init, submodule_search_locations=[str(folder)]
-    )
-    assert spec is not None and spec.loader is not None  # a file location always has both
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[EXPERIMENTS_PACKAGE] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[EXPERIMENTS_PACKAGE]
-        raise
-    return module
-
-
 def _progress_disabled(quiet: bool) -> bool | None:
     # None is tqdm's "shown only when the stream is a terminal".
     return True if quiet else None
-
-
-# ----------------------------------------------------------------------------- reproduce
-
-
-def _check_out(out: str) -> str | None:
-    """Why ``out`` cannot receive the results, or None. It is created if missing, and a
-    temporary file is created and removed in it: what the experiments will do, done first."""
-    from jaxnn.run import writable_folder
-
-    try:
-        writable_folder(out, "--out")
-    except OSError as e:
-        return str(e)
-    return None
-
-
-def _only(text: str) -> tuple[str, ...]:
-    """argparse type of ``--only``: experiment names separated by commas."""
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected experiment names, got {text!r}")
-    return names
-
-
-def _cannot_import(e: ImportError) -> int:
-    print(
-        f"jaxnn reproduce: cannot import the experiments ({e}). {_INSTALL_EXPERIMENTS}",
-        file=sys.stderr,
-    )
-    return 2
-
-
-def reproduce(args: argparse.Namespace) -> int:
-    problem = _check_out(args.out)
-    if problem:
-        print(f"jaxnn reproduce: {problem}", file=sys.stderr)
-        return 2
-    try:
-        package = import_experiments()
-        common = importlib.import_module(f"{EXPERIMENTS_PACKAGE}.common")
-    except ImportError as e:  # the experiments need matplotlib and scikit-learn
-        return _cannot_import(e)
-    names = tuple(package.EXPERIMENTS)
-    if args.only:
-        unknown = [n for n in args.only if n not in names]
-        if unknown:
-            print(
-                f"jaxnn reproduce: --only expects experiment names from {', '.join(names)}; "
-                f"got {', '.join(unknown)}.",
-                file=sys.stderr,
-            )
-            return 2
-        names = tuple(n for n in names if n in args.only)
-    try:
-        modules = {name: importlib.import_module(f"{EXPERIMENTS_PACKAGE}.{name}") for name in names}
-    except ImportError as e:
-        return _cannot_import(e)
-    failed: dict[str, str] = {}
-    results: dict[str, Any] = {}
-    bar = tqdm(
-        modules.items(),
-        desc="reproduce",
-        unit="experiment",
-        disable=_progress_disabled(args.quiet),
-    )
-    with common.silence_progress(args.quiet), bar:
-        for name, module in bar:
-            bar.set_postfix_str(name)
-            # tqdm.write: the bar on stderr steps aside while the report goes to stdout.
-            tqdm.write(f"== {name}", file=sys.stdout)
-            start = time.perf_counter()
-            try:
-                results[name] = module.main(args.out, quick=args.quick)
-            except Exception as e:  # report every experiment, then fail
-                failed[name] = f"{type(e).__name__}: {e}"
-                trace = "".join(traceback.format_exception(e)).rstrip()
-                tqdm.write(f"!! {name} failed: {type(e).__name__}: {e}\n{trace}", file=sys.stderr)
-            tqdm.write(f"== {name}: {time.perf_counter() - start:.1f} s\n", file=sys.stdout)
-    report = Path(args.out) / "report.md"
-    report.write_text(_report(names, results, failed, args.quick))
-    print(f"wrote {report}")
-    if failed:
-        print(
-            f"jaxnn reproduce: {len(failed)} experiment(s) failed: {', '.join(failed)} (exit 1; "
-            f"the tracebacks are above).",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
-
-
-def _report(
-    names: Sequence[str], results: dict[str, Any], failed: dict[str, str], quick: bool
-) -> str:
-    """``report.md``: each claim of the source text, its rule, its figure, its verdict."""
-    lines = [
-        "# jaxnn reproduce: the source text's claims, tested",
-        "",
-        "Each verdict is computed by the experiment from its own run, by a rule fixed before "
-        "the run (the rules are also in each experiment's JSON).",
-    ]
-    if quick:
-        lines += ["", "**Quick mode** (`--quick`): every experiment scaled down; the verdicts "
-                  "below are of the small runs and may differ from the full ones."]  # fmt: skip
-    rows, sections = [], []
-    for name in names:
-        sections += ["", f"## {name}", ""]
-        if name in failed:
-            sections.append(f"**Failed**: {failed[name]}")
-            rows.append(f"| {name} | – | **failed** | |")
-            continue
-        claims = (results.get(name) or {}).get("claims")
-        if not isinstance(claims, list) or not claims:
-            sections.append("No claims recorded.")
-            continue
-        for c in claims:
-            verdict = "holds" if c["holds"] else "does not hold"
-            rows.append(f"| {name} | {c['claim']} | **{verdict}** | {c['figure']} |")
-            sections += [
-                f"**Claim.** {c['claim']}",
-                "",
-                f"**Rule.** {c['rule']}",
-                "",
-                f"**Verdict: {verdict}.** {c['evidence'].rstrip('.')}.",
-                "",
-                f"**Figure.** {c['figure']}",
-                "",
-            ]
-        if any(".png" in c["figure"] for c in claims):
-            sections.append(f"![{name}]({name}.png)")
-    table = ["", "| experiment | claim | verdict | figure |", "|---|---|---|---|", *rows]
-    return "\n".join(lines + table + sections) + "\n"
 
 
 # ----------------------------------------------------------------------------- gradcheck
@@ -353,11 +179,8 @@ def _check(name: str, make: Callable[[Any], Any], seed: int) -> _Check:
     try:
         with jax.enable_x64(True):
             case = make(jax.random.key(seed))
-            stage, shapes = "checking it", str(getattr(case, "description", "")) or "-"
-            report = gc.check_gradients(
-                case.f, *case.args, grad_fn=case.grad_fn, argnums=case.argnums,
-                key=jax.random.key(seed), raise_on_mismatch=False,
-            )  # fmt: skip
+            stage, shapes = "checking it", str(case.shapes) or "-"
+            report = gc.check_case(case, key=jax.random.key(seed), raise_on_mismatch=False)
     except Exception as e:  # recorded, and the audit goes on
         trace = "".join(traceback.format_exception(e)).rstrip()
         return _Check(
@@ -372,16 +195,27 @@ def _check(name: str, make: Callable[[Any], Any], seed: int) -> _Check:
         default=0.0,
     )
     status = "ok" if report.ok else "MISMATCH"
-    detail = ""
-    if not report.ok:
-        leaf, p = report.failures[0]
-        detail = f"{name} (seed {seed}): {gc._describe(leaf, p, report.rtol)}\n{report.table()}"
+    detail = f"{name} (seed {seed}): {report.mismatch()}" if not report.ok else ""
     rel = f"{report.max_rel_err((gc.HAND, gc.AUTO)):.2e}"
     return _Check((name, str(seed), shapes, rel, f"{worst_fd:.2f}", status), status, detail)
 
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _source(name: str, make: Callable[[Any], Any]) -> str:
+    """Where a case comes from: jaxnn's audit, or the module that registered it."""
+    from jaxnn import audit
+
+    return "jaxnn.audit" if name in audit.CASES else getattr(make, "__module__", None) or "?"
+
+
+def _print_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    rows = [header, *rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 def gradcheck(args: argparse.Namespace) -> int:
@@ -406,6 +240,9 @@ def gradcheck(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.list:
+        _print_table(("case", "from"), [(k, _source(k, v)) for k, v in cases])
+        return 0
 
     checks: list[_Check] = []
     bar = tqdm(
@@ -422,10 +259,7 @@ def gradcheck(args: argparse.Namespace) -> int:
                 checks.append(_check(name, make, seed))
                 bar.update()
 
-    rows = [_HEADER, *(c.row for c in checks)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(_HEADER))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    _print_table(_HEADER, [c.row for c in checks])
     counts = {s: sum(c.status == s for c in checks) for s in ("ok", "MISMATCH", "ERROR")}
     print(
         f"\n{counts['ok']} passed, {counts['MISMATCH']} failed, {_plural(counts['ERROR'], 'error')} "
@@ -596,6 +430,19 @@ def _train_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
     p.set_defaults(run=train)
 
 
+def out_problem(out: str) -> str | None:
+    """Why the folder ``out`` cannot receive a command's results, or None. It is created if
+    missing, and a temporary file is created and removed in it: what the command will do, done
+    first (``jaxnn train`` and ``jaxnn reproduce`` call it before any work)."""
+    from jaxnn.run import writable_folder
+
+    try:
+        writable_folder(out, "--out")
+    except OSError as e:
+        return str(e)
+    return None
+
+
 def train(args: argparse.Namespace) -> int:
     from jaxnn import checkpoint as _checkpoint
     from jaxnn import run as _run
@@ -608,7 +455,7 @@ def train(args: argparse.Namespace) -> int:
         return fail("--resume needs --checkpoint DIR (the folder to resume from).")
     if args.fallback and not args.resume:
         return fail("--fallback applies to --resume (resume from the newest intact checkpoint).")
-    problem = _check_out(args.out)
+    problem = out_problem(args.out)
     if problem:
         return fail(problem)
     config = _run.RunConfig(
@@ -671,103 +518,6 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- bench
-
-
-def _batches(text: str) -> tuple[int, ...]:
-    """argparse type of ``bench --batches``: batch sizes >= 2 separated by commas."""
-    try:
-        sizes = tuple(int(t) for t in text.split(","))
-    except ValueError:
-        sizes = ()
-    if not sizes or min(sizes) < 2:
-        raise argparse.ArgumentTypeError(
-            f"expected batch sizes >= 2 (BatchNorm needs two examples) separated by commas, "
-            f"e.g. 128,1024, got {text!r}"
-        )
-    return sizes
-
-
-def _implementations(text: str) -> tuple[str, ...]:
-    """argparse type of ``bench --only``: implementation names separated by commas."""
-    from jaxnn.benchmark import IMPLEMENTATIONS
-
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    if not names or any(n not in IMPLEMENTATIONS for n in names):
-        raise argparse.ArgumentTypeError(
-            f"expected implementation names from {','.join(IMPLEMENTATIONS)}, got {text!r}"
-        )
-    return names
-
-
-def _check_out_file(out: str) -> str | None:
-    """Why the file ``out`` cannot be written, or None (its folder is created if missing)."""
-    path = Path(out)
-    if path.is_dir():
-        return (
-            f"--out expects a file for the JSON report, got {out!r}, which is a folder. Name a "
-            f"file, e.g. --out bench.json."
-        )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
-    except OSError as e:
-        return (
-            f"--out expects a file in a folder that can be written, got {out!r} "
-            f"({e.strerror or e}). Name a file in a folder you can write to."
-        )
-    return None
-
-
-def _bench_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
-    from jaxnn.benchmark import DTYPES
-
-    p = sub.add_parser(
-        "bench", parents=[quiet],
-        help="time a train step: jaxnn against plain JAX, bare matmuls, Flax, Equinox, PyTorch",
-    )  # fmt: skip
-    a = p.add_argument
-    a("--batches", type=_batches, default=None, metavar="N,N",
-      help="batch sizes (default: 128,1024,16384; with --quick 8,16)")  # fmt: skip
-    a("--rounds", type=_number(int, 1), default=None, metavar="N",
-      help="timed rounds, a whole number >= 1 (default: 7; with --quick 2)")  # fmt: skip
-    a("--dtype", choices=DTYPES, default="float32",
-      help="bfloat16: bfloat16 matmuls, float32 master weights (default: float32)")  # fmt: skip
-    a("--only", type=_implementations, default=None, metavar="NAME[,NAME]",
-      help="only these implementations (plain_jax, the reference, always runs)")  # fmt: skip
-    a("--out", default="bench.json", metavar="FILE", help="the JSON report (default: bench.json)")
-    a("--quick", action="store_true",
-      help="a 784-32-32-10 model, batches 8,16, 2 short rounds (seconds; the tests run it)")  # fmt: skip
-    p.set_defaults(run=bench)
-
-
-def bench(args: argparse.Namespace) -> int:
-    import json
-
-    from jaxnn import benchmark
-
-    problem = _check_out_file(args.out)
-    if problem:
-        print(f"jaxnn bench: {problem}", file=sys.stderr)
-        return 2
-    config = benchmark.quick_config() if args.quick else benchmark.BenchConfig()
-    given = {"batches": args.batches, "rounds": args.rounds, "only": args.only}
-    config = config._replace(dtype=args.dtype, **{k: v for k, v in given.items() if v})
-    show = not args.quiet and sys.stderr.isatty()
-    try:
-        report = benchmark.run(
-            config, log=lambda line: print(line, file=sys.stderr) if show else None
-        )
-    except benchmark.BenchError as e:
-        print(f"jaxnn bench: {e}", file=sys.stderr)
-        return 2
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(benchmark.table(report))
-    print(f"wrote {args.out}")
-    return 0
-
-
 # ----------------------------------------------------------------------------- the parser
 
 
@@ -778,33 +528,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _parser() -> argparse.ArgumentParser:
-    doc = __doc__ or ""
-    parser = _Parser(
+def parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
+    """The ``jaxnn`` parser: ``commands`` (each a :data:`Command`, listed first), then
+    ``gradcheck`` and ``train``."""
+    top = _Parser(
         prog="jaxnn",
-        description=doc.split("\n\n")[0],
-        epilog="exit status: 0 success; 1 a gradient mismatch, a failed experiment or a "
-        "diverged training run; 2 a usage error, an --import that cannot be imported, or audit "
-        "cases that raised; 130 interrupted (Ctrl-C).",
+        description=textwrap.fill(_DESCRIPTION, 88),
+        epilog="\n\n".join(textwrap.fill(p, 88) for p in _EPILOG),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    top.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     quiet = argparse.ArgumentParser(add_help=False)
     quiet.add_argument(
         "-q", "--quiet", action="store_true",
         help="no progress on stderr (progress shows only when stderr is a terminal)",
     )  # fmt: skip
-    sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{reproduce,gradcheck,train,bench}"
-    )
-    p = sub.add_parser(
-        "reproduce", parents=[quiet], help="run every experiment and write its results"
-    )
-    p.add_argument("--out", default="results", help="output folder (default: results)")
-    p.add_argument("--only", type=_only, default=(), metavar="NAME[,NAME]",
-                   help="run only these experiments")  # fmt: skip
-    p.add_argument("--quick", action="store_true",
-                   help="every experiment scaled down (seconds each; the test suite runs it)")  # fmt: skip
-    p.set_defaults(run=reproduce)
+    sub = top.add_subparsers(title="commands", dest="command", required=True)
+    for command in commands:
+        command(sub, quiet)
     p = sub.add_parser(
         "gradcheck", parents=[quiet], help="audit every registered hand-derived gradient"
     )
@@ -814,19 +555,26 @@ def _parser() -> argparse.ArgumentParser:
                    help="audit only the cases whose name starts with this")  # fmt: skip
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import a module that registers its own cases (repeatable)")  # fmt: skip
+    p.add_argument("--list", action="store_true",
+                   help="print the cases (with --only: those it selects) and exit")  # fmt: skip
     p.set_defaults(run=gradcheck)
     _train_parser(sub, quiet)
-    _bench_parser(sub, quiet)
-    return parser
+    # The commands in usage and errors, e.g. "{reproduce,gradcheck,train}", not "command".
+    sub.metavar = "{" + ",".join(sub.choices) + "}"
+    return top
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, commands: Sequence[Command] = ()) -> int:
     """Run ``jaxnn`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Args:
+      argv: the arguments after ``jaxnn``.
+      commands: more subcommands (see :data:`Command`), listed before the library's own.
 
     Usage errors exit through argparse (``SystemExit(2)``), as ``--version`` and ``--help``
     do (``SystemExit(0)``).
     """
-    args = _parser().parse_args(argv)
+    args = parser(commands).parse_args(argv)
     try:
         return args.run(args)
     except KeyboardInterrupt:  # Ctrl-C outside a training run: one line, the shell's 130

@@ -41,9 +41,17 @@ Tolerances, and why:
 Float32 input is promoted to float64 for the check (inside ``jax.enable_x64``), and the report
 says so: a float32 central difference has only ~3 correct digits and would fail honest code.
 
-The library's own components are audited by :mod:`jaxnn.audit` (``jaxnn gradcheck``); a user
-adds cases of their own with :func:`register` (``jaxnn gradcheck --import my_module``). This
-module depends on nothing else in jaxnn.
+**A layer** is checked in one line by :func:`check_layer`: its hand backward (``vjp``'s
+``backward``) against ``jax.grad`` of its ``apply`` and central differences, w.r.t. its params
+and its input, in each mode (``train=True`` and ``False``), the backward's structure validated
+on the way; an error names the layer, the mode and the leaf (``dx`` or ``dparams['w']``)::
+
+    reports = check_layer(my_layer, (4, 8))                 # {"train": ..., "eval": ...}
+
+The library's own components are audited by :mod:`jaxnn.audit` (``jaxnn gradcheck``), its
+layers through :func:`layer_case`, the case :func:`check_layer` runs in each mode; a user adds
+cases of their own with :func:`register` (``jaxnn gradcheck --import my_module``). This module
+depends on nothing else in jaxnn but the layer protocol (:mod:`jaxnn._typing`).
 """
 
 from __future__ import annotations
@@ -59,7 +67,16 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from jaxnn._typing import PRNGKey
+from jaxnn._typing import (
+    Array,
+    Layer,
+    Params,
+    PRNGKey,
+    Shape,
+    State,
+    backward_spec,
+    check_cotangents,
+)
 
 __all__ = [
     "RTOL",
@@ -68,7 +85,10 @@ __all__ = [
     "GradientMismatchError",
     "LeafReport",
     "PairResult",
+    "check_case",
     "check_gradients",
+    "check_layer",
+    "layer_case",
     "register",
     "registered",
     "unregister",
@@ -127,6 +147,7 @@ class GradReport:
     leaves: tuple[LeafReport, ...]
     rtol: float
     notes: tuple[str, ...] = ()
+    subject: str = ""  # what was checked, e.g. "layer 'dense', train=True" ("" for a function)
 
     @property
     def ok(self) -> bool:
@@ -135,6 +156,14 @@ class GradReport:
     @property
     def failures(self) -> list[tuple[LeafReport, PairResult]]:
         return [(leaf, p) for leaf in self.leaves for p in leaf.pairs if not p.ok]
+
+    def mismatch(self) -> str:
+        """The first failure, named (leaf, index, values, bound), and the table; "" if ok."""
+        if self.ok:
+            return ""
+        leaf, p = self.failures[0]
+        where = f"{self.subject}: " if self.subject else ""
+        return f"{where}{_describe(leaf, p, self.rtol)}\n{self.table()}"
 
     def max_rel_err(self, pair: tuple[str, str]) -> float:
         errs = [p.max_rel_err for leaf in self.leaves for p in leaf.pairs if p.pair == pair]
@@ -236,6 +265,7 @@ def check_gradients(
     fd_samples: int = 16,
     key: PRNGKey | None = None,
     raise_on_mismatch: bool = True,
+    names: Sequence[str] | None = None,
 ) -> GradReport:
     """Compare a hand-derived gradient, ``jax.grad`` and central finite differences.
 
@@ -254,6 +284,8 @@ def check_gradients(
       key: PRNG key choosing the sampled coordinates and directions (default ``key(0)``).
       raise_on_mismatch: raise :class:`GradientMismatchError` naming the first failing leaf
         (default), or only return the report.
+      names: how the report names each differentiated argument, one per ``argnums`` (default
+        ``args[i]``): ``names=("dparams", "dx")`` reports leaves ``dparams['w']`` and ``dx``.
 
     Returns:
       A :class:`GradReport` with one :class:`LeafReport` per leaf of the differentiated
@@ -270,12 +302,13 @@ def check_gradients(
     if key is None:
         key = jax.random.key(0)
     argnums_t = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    labels = _labels(names, argnums_t, len(args))
     _check_differentiable(args, argnums_t)
     with jax.enable_x64(True):
         args64, promoted = _promote(args)
         _check_scalar(f, args64)
         auto_t, hand_t = _gradients(f, args64, argnums, grad_fn)
-        leaves = _leaf_reports(f, args64, argnums_t, auto_t, hand_t, rtol, fd_samples, key)
+        leaves = _leaf_reports(f, args64, labels, argnums_t, auto_t, hand_t, rtol, fd_samples, key)
     notes = (
         ("note: floating inputs were promoted to float64 for the check (a float32 central "
          "difference has about 3 correct digits).",)
@@ -284,9 +317,21 @@ def check_gradients(
     )  # fmt: skip
     report = GradReport(tuple(leaves), rtol, notes)
     if raise_on_mismatch and not report.ok:
-        leaf, p = report.failures[0]
-        raise GradientMismatchError(_describe(leaf, p, rtol) + "\n" + report.table())
+        raise GradientMismatchError(report.mismatch())
     return report
+
+
+def _labels(names: Sequence[str] | None, argnums: tuple[int, ...], n_args: int) -> tuple[str, ...]:
+    if names is None:
+        return tuple(f"args[{a % n_args}]" for a in argnums)
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"names must be a sequence of strings, one per argnums, got {names!r}.")
+    if len(names) != len(argnums):
+        raise ValueError(
+            f"names has {len(names)} entries for {len(argnums)} differentiated argument(s) "
+            f"(argnums={argnums}); give one name per argnums entry."
+        )
+    return tuple(names)
 
 
 def _check_options(f: Any, args: tuple[Any, ...], argnums: Any, rtol: Any, fd_samples: Any) -> None:
@@ -404,6 +449,7 @@ def _gradients(
 def _leaf_reports(
     f: Callable[..., Any],
     args: tuple[Any, ...],
+    labels: tuple[str, ...],
     argnums: tuple[int, ...],
     auto_t: tuple[Any, ...],
     hand_t: tuple[Any, ...] | None,
@@ -430,8 +476,8 @@ def _leaf_reports(
         plans.append(_fd_plan(x, fd_samples, sub) if x.size else None)
     values = _fd_values(f, args, argnums, plans) if any(plans) else plans
     names = [
-        (f"args[{argnum}]{jax.tree_util.keystr(path)}", g)
-        for argnum, tree in zip(argnums, auto_t, strict=True)
+        (f"{label}{jax.tree_util.keystr(path)}", g)
+        for label, tree in zip(labels, auto_t, strict=True)
         for path, g in jax.tree_util.tree_flatten_with_path(tree)[0]
     ]
     hands = [None] * len(names) if hand_t is None else jax.tree.leaves(hand_t)
@@ -588,17 +634,215 @@ def _fd_compare(
     return results
 
 
-# ----------------------------------------------------------------------------- registry
+# ----------------------------------------------------------------------------- cases, layers
 
 
 class GradCase(NamedTuple):
-    """One gradient check of a registered component, drawn at random shapes and values."""
+    """One gradient check, drawn at random shapes and values: what :func:`check_case` runs.
+
+    The audit's cases and a user's (:func:`register`) are functions ``make_case(key) ->
+    GradCase``; a layer's is built by :func:`layer_case`.
+    """
 
     f: Callable[..., jax.Array]  # scalar function of args
     args: tuple[Any, ...]  # its arguments
     grad_fn: Callable[..., Any] | None  # hand-derived gradient, jax.grad(f, argnums)'s shape
     argnums: int | tuple[int, ...] = 0
-    description: str = ""  # e.g. the shapes drawn
+    shapes: str = ""  # the report's "shapes" column: what was drawn, e.g. "x(4, 3)"
+    names: tuple[str, ...] | None = None  # the differentiated arguments' names (check_gradients)
+    subject: str = ""  # what a mismatch names as checked, e.g. "layer 'dense', train=True"
+
+
+def check_case(
+    case: GradCase,
+    *,
+    key: PRNGKey | None = None,
+    rtol: float = RTOL,
+    fd_samples: int = 16,
+    raise_on_mismatch: bool = True,
+) -> GradReport:
+    """Run one :class:`GradCase` through :func:`check_gradients` (same options).
+
+    The report (and a :class:`GradientMismatchError`) names the case's ``subject``.
+    """
+    report = check_gradients(
+        case.f, *case.args, grad_fn=case.grad_fn, argnums=case.argnums, rtol=rtol,
+        fd_samples=fd_samples, key=key, raise_on_mismatch=False, names=case.names,
+    )  # fmt: skip
+    report = dataclasses.replace(report, subject=case.subject)
+    if raise_on_mismatch and not report.ok:
+        raise GradientMismatchError(report.mismatch())
+    return report
+
+
+def _host_rng(key: PRNGKey) -> np.random.Generator:
+    """A numpy generator seeded from a JAX key: draws on the host compile nothing."""
+    return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+
+
+def _mode(train: bool) -> str:
+    return "train" if train else "eval"
+
+
+def _check_layer_args(who: str, layer: Any, input_shape: Any, keywords: dict[str, Any]) -> None:
+    if not isinstance(layer, Layer):
+        raise TypeError(
+            f"{who} needs a jaxnn Layer (dense(...), serial(...), your own Layer(name, init, "
+            f"apply, vjp)), got {type(layer).__name__}."
+        )
+    dims = tuple(input_shape) if isinstance(input_shape, tuple | list) else None
+    if dims is None or not all(
+        isinstance(d, int | np.integer) and not isinstance(d, bool) and d >= 0 for d in dims
+    ):
+        raise TypeError(
+            f"{who}: input_shape must be a tuple of sizes including the batch axes, e.g. "
+            f"(4, 8), got {input_shape!r}."
+        )
+    unknown = sorted(set(keywords) - set(layer.keywords))
+    if unknown:
+        raise TypeError(
+            f"{who}: layer {layer.name!r} takes no keyword array(s) {unknown}; it takes "
+            f"{list(layer.keywords) or 'none'} (Layer.keywords)."
+        )
+
+
+def layer_case(
+    layer: Layer,
+    input_shape: Shape,
+    *,
+    train: bool,
+    key: PRNGKey | None = None,
+    state: State | None = None,
+    layer_key: PRNGKey | None = None,
+    shapes: str | None = None,
+    **keywords: Any,
+) -> GradCase:
+    """A layer's gradient case in one mode: ``f(params, x) = Σ w ⊙ apply(params, state, x)``.
+
+    ``w ~ N(0, 1)`` is a random cotangent, so ``∇f = backward(w)``, the layer's hand-derived
+    vector-Jacobian product, checked w.r.t. the params (leaves ``dparams…``) and the input
+    (leaf ``dx``): a wrong ``dx`` names this layer, not the one before it in a network. The
+    backward is validated too (a ``Partial``, returning ``(dparams, dx)`` of the params'
+    structure and ``x``'s shape and dtype).
+
+    Args:
+      layer: the layer.
+      input_shape: its input's shape, batch axes included.
+      train: the mode, on both sides.
+      key: draws the params (the layer's ``init``, then promoted to float64), ``x ~ N(0, 1)``
+        and ``w`` (default ``jax.random.key(0)``).
+      state: the layer's state (default: what ``init`` returns), e.g. random running
+        statistics for an eval-mode BatchNorm.
+      layer_key: the key a stochastic layer draws from, the same on both sides (default: one
+        drawn from ``key`` when ``layer.stochastic``).
+      shapes: the report's "shapes" column (default: ``"train x(4, 8)"``).
+      keywords: the layer's keyword arrays (BatchNorm's ``mask``), on both sides.
+
+    Use it to register a layer of yours for ``jaxnn gradcheck --import``::
+
+        register("mine.layernorm", lambda key: layer_case(layernorm(), (4, 8), train=True, key=key))
+    """
+    who = "layer_case"
+    _check_layer_args(who, layer, input_shape, keywords)
+    k_init, k_x, k_layer = jax.random.split(jax.random.key(0) if key is None else key, 3)
+    shape = tuple(int(d) for d in input_shape)
+    if layer_key is None and layer.stochastic:
+        layer_key = k_layer
+    run = dict(train=train, key=layer_key, **keywords)
+    name = repr(layer.name)
+    rng = _host_rng(k_x)
+    with jax.enable_x64(True):
+        params, init_state = layer.init(k_init, shape)
+        params, _ = _promote(params)
+        state = init_state if state is None else state
+        x = jnp.asarray(rng.standard_normal(shape))
+        y = jax.eval_shape(lambda params, x: layer.apply(params, state, x, **run)[0], params, x)
+        w = jnp.asarray(rng.standard_normal(y.shape))
+
+    def f(params: Params, x: Array) -> Array:
+        return jnp.sum(w * layer.apply(params, state, x, **run)[0])
+
+    @jax.jit  # the hand rules compiled, as training runs them
+    def grad_fn(params: Params, x: Array) -> tuple[Params, Array]:
+        _, _, backward = layer.vjp(params, state, x, **run)
+        spec = backward_spec(name, backward, params, x, check_dtype=True)
+        return check_cotangents(spec, backward(w))
+
+    return GradCase(
+        f, (params, x), grad_fn, (0, 1), shapes or f"{_mode(train)} x{shape}",
+        ("dparams", "dx"), f"layer {name}, train={bool(train)}",
+    )  # fmt: skip
+
+
+def check_layer(
+    layer: Layer,
+    input_shape: Shape,
+    *,
+    train: bool | Sequence[bool] = (True, False),
+    key: PRNGKey | None = None,
+    state: State | None = None,
+    layer_key: PRNGKey | None = None,
+    rtol: float = RTOL,
+    fd_samples: int = 16,
+    raise_on_mismatch: bool = True,
+    **keywords: Any,
+) -> dict[str, GradReport]:
+    """Check a layer's hand-derived backward against ``jax.grad`` and finite differences.
+
+    In each mode of ``train`` (both by default), the :func:`layer_case` of the layer, drawn
+    from ``key``, goes through :func:`check_gradients` in float64 with its derived tolerances:
+    the gradient w.r.t. every parameter and w.r.t. the input ``x``.
+
+    Args:
+      layer: any :class:`~jaxnn.Layer` (a leaf layer or a network).
+      input_shape: its input's shape, batch axes included, e.g. ``(4, 8)``.
+      train: the mode or modes to check (default ``(True, False)``).
+      key: draws params, input, cotangent and (stochastic layers) the layer's key (default
+        ``jax.random.key(0)``); the same draws in every mode.
+      state, layer_key: as in :func:`layer_case`.
+      rtol, fd_samples: as in :func:`check_gradients`.
+      raise_on_mismatch: raise on the first mismatch (default), or return every report.
+      keywords: the layer's keyword arrays (BatchNorm's ``mask``).
+
+    Returns:
+      ``{"train": GradReport, "eval": GradReport}`` for the modes checked; each report has the
+      leaves ``dparams['w']``, ..., and ``dx``.
+
+    Raises:
+      GradientMismatchError: a gradient disagrees; the message names the layer, the mode and
+        the leaf (``layer 'dense', train=True: gradient mismatch at leaf dx ...``).
+      TypeError, ValueError: the layer's backward is not a ``jax.tree_util.Partial`` (use
+        :func:`jaxnn.bind_backward`), or does not return ``(dparams, dx)`` with ``dparams`` of
+        the params' structure and ``dx`` of ``x``'s shape and dtype; the message names the
+        layer. Or the arguments are not a layer, a shape, the layer's keywords.
+
+    Example::
+
+        >>> import jaxnn
+        >>> from jaxnn.gradcheck import check_layer
+        >>> reports = check_layer(jaxnn.dense(3), (4, 2))
+        >>> sorted(reports), all(r.ok for r in reports.values())
+        (['eval', 'train'], True)
+        >>> [leaf.path for leaf in reports["train"].leaves]
+        ["dparams['b']", "dparams['w']", 'dx']
+    """
+    _check_layer_args("check_layer", layer, input_shape, keywords)
+    modes = (train,) if isinstance(train, bool | np.bool_) else tuple(train)
+    if not modes or not all(isinstance(m, bool | np.bool_) for m in modes):
+        raise TypeError(f"check_layer: train must be a bool or a sequence of bools, got {train!r}.")
+    key = jax.random.key(0) if key is None else key
+    reports = {}
+    for mode in dict.fromkeys(bool(m) for m in modes):
+        case = layer_case(
+            layer, input_shape, train=mode, key=key, state=state, layer_key=layer_key, **keywords
+        )
+        reports[_mode(mode)] = check_case(
+            case, key=key, rtol=rtol, fd_samples=fd_samples, raise_on_mismatch=raise_on_mismatch
+        )
+    return reports
+
+
+# ----------------------------------------------------------------------------- registry
 
 
 _REGISTRY: dict[str, Callable[[PRNGKey], GradCase]] = {}
@@ -608,7 +852,9 @@ def register(name: str, make_case: Callable[[PRNGKey], GradCase]) -> Callable[[P
     """Register a gradient case of yours so that ``jaxnn gradcheck --import`` audits it.
 
     ``make_case(key)`` draws shapes and float64 values from ``key`` and returns a
-    :class:`GradCase`. Registering an existing name replaces it.
+    :class:`GradCase`; a layer's is one line,
+    ``register("mine.norm", lambda key: layer_case(norm(), (4, 8), train=True, key=key))``.
+    Registering an existing name replaces it.
     """
     _REGISTRY[name] = make_case
     return make_case

@@ -21,7 +21,7 @@ probability rows for :func:`softmax_cross_entropy` (non-negative, summing to 1 w
 ``2 · classes · eps`` of the dtype: the rounding of casting and summing ``classes`` terms),
 BCE targets in ``[0, 1]``. A mean over an empty batch is refused. Under ``jit`` the values
 cannot be inspected: the conditions are checked in the checking mode
-(:mod:`jaxnn.checking`), and an out-of-range integer label gives a NaN loss and a NaN gradient
+(:mod:`jaxnn.debug`), and an out-of-range integer label gives a NaN loss and a NaN gradient
 row for its example, identically in the loss, its hand gradient and ``jax.grad``.
 """
 
@@ -215,7 +215,7 @@ def _integer_labels(logits: ArrayLike, labels: ArrayLike) -> tuple[Array, Array,
             raise ValueError(
                 f"labels must lie in [0, {classes}) for {classes} classes, got values from {lo} "
                 f"to {hi}. (Under jit such a label gives a NaN loss and gradient; "
-                f"jaxnn.checking.checked turns it into this error.)"
+                f"jaxnn.debug.checked turns it into this error.)"
             )
     valid = (labels >= 0) & (labels < classes)
     if is_traced(labels):
@@ -237,7 +237,7 @@ def softmax_cross_entropy_with_integer_labels(logits: ArrayLike, labels: ArrayLi
         Out-of-range labels are refused when the labels are concrete. Under ``jit`` an
         out-of-range label makes its example's logits row NaN before the loss, so the loss is
         NaN and ``jax.grad`` gives that row NaN, as the hand gradient does; the checking mode
-        (:mod:`jaxnn.checking`) raises instead.
+        (:mod:`jaxnn.debug`) raises instead.
     """
     z, labels, valid = _integer_labels(logits, labels)
     poison = jnp.where(valid, 1, jnp.nan).astype(z.dtype)[..., None]  # NaN rows: invalid labels
@@ -414,7 +414,7 @@ def masked(loss: str | Loss) -> Loss:
         reduction "sum":   L = Σ_i m_i ℓ_i               ∂L/∂y_i = m_i ∂ℓ_i/∂y_i
 
     so that a batch padded to a fixed size and masked gives the loss of its real examples
-    (:func:`jaxnn.train.fit` with ``remainder="pad"``). Masked-out examples contribute exactly
+    (:func:`jaxnn.fitting.fit` with ``remainder="pad"``). Masked-out examples contribute exactly
     0 to the value and the gradient, whatever their values. The gradient is the base loss's
     hand-derived gradient, example by example.
     """

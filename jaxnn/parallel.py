@@ -40,12 +40,12 @@ two processes on one machine, two simulated CPU devices each (a mesh of four)::
     jax.distributed.initialize(coordinator_address="localhost:12355", num_processes=2,
                                process_id=int(sys.argv[1]))
     ...  # the same data, the same key, on every process
-    result = jaxnn.train.fit(net, loss, opt, ts, train, epochs=10, batch_size=64, devices=2)
+    result = jaxnn.fit(net, loss, opt, ts, train, epochs=10, batch_size=64, devices=2)
 
 On a cluster, process ``i`` of ``N`` runs the same script with
 ``coordinator_address="<host of process 0>:<port>"``, ``num_processes=N``,
 ``process_id=i``; under SLURM or on Cloud TPU ``jax.distributed.initialize()`` finds all
-three itself. Results (:func:`jaxnn.train.evaluate`, the losses) are replicated, so every
+three itself. Results (:func:`jaxnn.evaluation.evaluate`, the losses) are replicated, so every
 process gets them; let one process (``jax.process_index() == 0``) write files.
 ``jaxnn.run.run(RunConfig(devices=2), out=...)`` in place of ``fit`` does so (and every
 process saves its share of the checkpoints); the ``jaxnn train`` command runs one process.

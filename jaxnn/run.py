@@ -8,7 +8,7 @@ What ``jaxnn train`` does, callable from Python::
 
 The network is ``mlp([*hidden, classes], activation, batchnorm=..., dropout=...)`` trained
 with softmax cross-entropy on integer labels; each epoch is one compiled scan
-(:func:`jaxnn.train.fit`), evaluated on the validation part after it. With a checkpoint
+(:func:`jaxnn.fitting.fit`), evaluated on the validation part after it. With a checkpoint
 folder the state is saved after every finite epoch (:mod:`jaxnn.checkpoint`: the last three
 kept); ``resume=True`` continues from the latest one, bit for bit as the uninterrupted run, up
 to ``config.epochs`` epochs in all. The test part is evaluated once, at the end. A run that
@@ -42,9 +42,11 @@ from jaxnn import checkpoint as _checkpoint
 from jaxnn import data as _data
 from jaxnn import parallel as _parallel
 from jaxnn.backprop import GRAD_MODES
-from jaxnn.combinators import mlp
+from jaxnn.evaluation import evaluate
+from jaxnn.fitting import DivergenceWarning, fit
+from jaxnn.networks import mlp
 from jaxnn.regularization import l2 as _l2
-from jaxnn.train import DivergenceWarning, TrainState, evaluate, fit
+from jaxnn.train import TrainState
 
 __all__ = [
     "OPTIMIZERS",
@@ -314,132 +316,57 @@ def run(
       ValueError, TypeError, OSError: a bad configuration, path, data file or checkpoint.
     """
     say = log or (lambda line: None)
-    if not isinstance(config, RunConfig):
-        raise TypeError(f"run: config must be a RunConfig, got {type(config).__name__}.")
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume needs a checkpoint folder (--checkpoint DIR).")
-    if fallback and not resume:
-        raise ValueError("fallback applies to resuming: pass resume=True (--resume) with it.")
-    if out is not None:
-        writable_folder(out, "--out")
-    if checkpoint_dir is not None:
-        checkpoint_dir = Path(checkpoint_dir)
-        steps = _checkpoint.prepare(checkpoint_dir)
-        if steps and not resume:
-            raise ValueError(
-                f"--checkpoint {checkpoint_dir} holds the checkpoints of a run (epochs "
-                f"{steps}). Continue it with --resume (resume=True), or give this run a folder "
-                f"of its own."
-            )
+    checkpoint_dir = _check_paths(config, out, checkpoint_dir, resume, fallback)
     mesh = _parallel.data_mesh(config.devices, "")  # before the data: a bad count fails fast
     _parallel.batch_size_per_device(config.batch_size, mesh, "")
     splits = _data.load(config.data, data_dir=config.data_dir, seed=config.seed)
-    net, optimizer = build(config, splits)
-    penalty = _l2(config.l2) if config.l2 > 0 else None
+    network, optimizer = build(config, splits)
     train, val, test = splits.train, splits.validation, splits.test
     ts = TrainState.create(
-        net, optimizer, jax.random.key(config.seed), (config.batch_size, train.x.shape[1])
+        network, optimizer, jax.random.key(config.seed), (config.batch_size, train.x.shape[1])
     )
     # On the mesh before a restore: the checkpoint's arrays are restored onto it (any device
     # count, whatever the count that saved them; with several processes, global arrays).
     ts = _parallel.replicate(ts, mesh)
-    history: list[dict[str, float]] = []
-    saved: int | None = None
-    if resume and _checkpoint.latest_step(checkpoint_dir) is not None:
-        restored = _checkpoint.restore(checkpoint_dir, ts, fallback=fallback)
-        for step, reason in restored.skipped:
-            aside = _checkpoint.set_aside(checkpoint_dir, step)
-            say(f"checkpoint {step} is damaged ({reason}): set aside as {aside}")
-        problems = config.differences(restored.config, ignore=("epochs", "devices"))
-        if problems:
-            raise ValueError(
-                f"--resume: the checkpoint in {checkpoint_dir} is of another run "
-                f"({'; '.join(problems)}). Resume with the same options, or use a new folder."
-            )
-        ts, history = restored.train_state, list(restored.extra.get("history", []))
-        saved = restored.step
-        say(f"resumed from {checkpoint_dir} after epoch {restored.step}")
-    remaining = config.epochs - len(history)
-    records_so_far: list[dict[str, float]] = []
-
-    def after_epoch(epoch: int, state: TrainState, record: dict[str, float]) -> None:
-        nonlocal saved
-        say(
-            f"epoch {epoch:3d}  loss {record['loss']:.4f}  val_loss {record['val_loss']:.4f}  "
-            f"val_accuracy {record['val_accuracy']:.4f}  ({record['seconds']:.2f} s)"
-        )
-        records_so_far.append(record)
-        finite = all(math.isfinite(v) for v in record.values())
-        if checkpoint_dir is not None and finite:  # a diverged state is never checkpointed
-            with _sigint_deferred():
-                _checkpoint.save(
-                    checkpoint_dir, state, step=epoch, config=config.to_json(),
-                    extra={"history": [*history, *records_so_far]}, keep=KEEP,
-                )  # fmt: skip
-                saved = epoch  # before a deferred Ctrl-C is raised, at the block's end
+    ts, history, saved = _resume(config, ts, checkpoint_dir, resume, fallback, say)
+    epochs = _Epochs(config, checkpoint_dir, history, saved, say)
 
     def record(status: str, **fields: Any) -> dict[str, Any]:
         return {
-            "config": config.to_json(),
-            "status": status,
-            "data": {
-                "name": splits.name,
-                "train": int(train.x.shape[0]),
-                "validation": int(val.x.shape[0]),
-                "test": int(test.x.shape[0]),
-                "features": int(train.x.shape[1]),
-                "classes": splits.num_classes,
-            },
-            "history": [*history, *records_so_far],
-            **fields,
-            "backend": jax.default_backend(),
-        }
+            "config": config.to_json(), "status": status, "data": _data_summary(splits),
+            "history": [*history, *epochs.records], **fields, "backend": jax.default_backend(),
+        }  # fmt: skip
 
     start = time.perf_counter()
     result = None
     try:
-        if remaining > 0:
+        if config.epochs > len(history):
             with warnings.catch_warnings():  # the divergence is reported below, in the record
                 warnings.simplefilter("ignore", DivergenceWarning)
                 result = fit(
-                    net, LOSS, optimizer, ts, (train.x, train.y), epochs=remaining,
-                    batch_size=config.batch_size, validation=(val.x, val.y), grad=config.grad,
-                    penalty=penalty, history=history, callback=after_epoch, progress=progress,
-                    devices=mesh,
+                    network, LOSS, optimizer, ts, (train.x, train.y),
+                    epochs=config.epochs - len(history), batch_size=config.batch_size,
+                    validation=(val.x, val.y), grad=config.grad,
+                    penalty=_l2(config.l2) if config.l2 > 0 else None, history=history,
+                    callback=epochs, progress=progress, devices=mesh,
                 )  # fmt: skip
         else:
             say(f"the checkpoint has all {config.epochs} epochs already: evaluating it")
     except KeyboardInterrupt:
-        done = len(history) + len(records_so_far)
         partial = record("interrupted", test=None, test_epoch=None, diverged=None,
                          seconds=time.perf_counter() - start)  # fmt: skip
         written = _write(Path(out), partial, say) if out is not None else []
-        raise Interrupted(done, saved, checkpoint_dir, written) from None
+        done = len(history) + len(epochs.records)
+        raise Interrupted(done, epochs.saved, checkpoint_dir, written) from None
     wall = time.perf_counter() - start
-    diverged = None
-    tested, test_epoch = ts, len(history)
-    if result is not None:
-        tested, test_epoch = result.state, len(result.history)
-        if result.diverged is not None:
-            bad = result.history[result.diverged - 1]
-            diverged = {
-                "epoch": result.diverged,
-                "values": {k: v for k, v in bad.items() if not math.isfinite(v)},
-            }
-            tested, test_epoch = result.best, result.best_epoch
-    scores = evaluate(net, LOSS, tested.params, tested.state, test.x, test.y, devices=mesh)
-    trained = records_so_far[1:] if len(records_so_far) > 1 else records_so_far
-    # The first epoch of a process compiles; throughput is measured over the others.
-    seconds = sum(r["seconds"] for r in trained)
-    steps_per_epoch = train.x.shape[0] // config.batch_size
+    tested, test_epoch, diverged = _outcome(result, ts, len(history))
+    scores = evaluate(network, LOSS, tested.params, tested.state, test.x, test.y, devices=mesh)
     result_json = record(
         "diverged" if diverged else "completed",
         test=scores,
         test_epoch=test_epoch,
         diverged=diverged,
-        examples_per_second=(
-            steps_per_epoch * config.batch_size * len(trained) / seconds if seconds > 0 else None
-        ),
+        examples_per_second=_throughput(epochs.records, train.x.shape[0], config.batch_size),
         seconds=wall,
     )
     if not diverged:
@@ -455,6 +382,124 @@ def run(
     if out is not None:
         _write(Path(out), result_json, say)
     return result_json
+
+
+def _check_paths(
+    config: Any, out: Any, checkpoint_dir: Any, resume: bool, fallback: bool
+) -> Path | None:
+    """Refuse a bad configuration or path before anything is loaded; the checkpoint folder."""
+    if not isinstance(config, RunConfig):
+        raise TypeError(f"run: config must be a RunConfig, got {type(config).__name__}.")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume needs a checkpoint folder (--checkpoint DIR).")
+    if fallback and not resume:
+        raise ValueError("fallback applies to resuming: pass resume=True (--resume) with it.")
+    if out is not None:
+        writable_folder(out, "--out")
+    if checkpoint_dir is None:
+        return None
+    checkpoint_dir = Path(checkpoint_dir)
+    steps = _checkpoint.prepare(checkpoint_dir)
+    if steps and not resume:
+        raise ValueError(
+            f"--checkpoint {checkpoint_dir} holds the checkpoints of a run (epochs "
+            f"{steps}). Continue it with --resume (resume=True), or give this run a folder "
+            f"of its own."
+        )
+    return checkpoint_dir
+
+
+def _resume(
+    config: RunConfig,
+    ts: TrainState,
+    checkpoint_dir: Path | None,
+    resume: bool,
+    fallback: bool,
+    say: Callable[[str], None],
+) -> tuple[TrainState, list[dict[str, float]], int | None]:
+    """The state, the history and the saved epoch to go on from: the latest checkpoint's with
+    ``resume`` (damaged ones set aside with ``fallback``), else ``ts`` and nothing."""
+    if not resume or _checkpoint.latest_step(checkpoint_dir) is None:
+        return ts, [], None
+    restored = _checkpoint.restore(checkpoint_dir, ts, fallback=fallback)
+    for step, reason in restored.skipped:
+        aside = _checkpoint.set_aside(checkpoint_dir, step)
+        say(f"checkpoint {step} is damaged ({reason}): set aside as {aside}")
+    problems = config.differences(restored.config, ignore=("epochs", "devices"))
+    if problems:
+        raise ValueError(
+            f"--resume: the checkpoint in {checkpoint_dir} is of another run "
+            f"({'; '.join(problems)}). Resume with the same options, or use a new folder."
+        )
+    say(f"resumed from {checkpoint_dir} after epoch {restored.step}")
+    return restored.train_state, list(restored.extra.get("history", [])), restored.step
+
+
+class _Epochs:
+    """``fit``'s callback: logs each epoch, keeps its record and checkpoints every finite one
+    (a diverged state is never checkpointed). ``saved`` is the latest epoch saved."""
+
+    def __init__(self, config, checkpoint_dir, history, saved, say) -> None:
+        self.config, self.checkpoint_dir, self.history = config, checkpoint_dir, history
+        self.saved, self.say = saved, say
+        self.records: list[dict[str, float]] = []
+
+    def __call__(self, epoch: int, state: TrainState, record: dict[str, float]) -> None:
+        line = (
+            f"epoch {epoch:3d}  loss {record['loss']:.4f}  val_loss {record['val_loss']:.4f}  "
+            f"val_accuracy {record['val_accuracy']:.4f}  ({record['seconds']:.2f} s)"
+        )
+        finite = all(math.isfinite(v) for v in record.values())
+        if self.checkpoint_dir is None or not finite:
+            self.say(line)
+            self.records.append(record)
+            return
+        # The line, the record and the checkpoint as one: a Ctrl-C by someone who has seen the
+        # epoch's line is held until that epoch is saved.
+        with _sigint_deferred():
+            self.say(line)
+            self.records.append(record)
+            _checkpoint.save(
+                self.checkpoint_dir, state, step=epoch, config=self.config.to_json(),
+                extra={"history": [*self.history, *self.records]}, keep=KEEP,
+            )  # fmt: skip
+            self.saved = epoch  # before a deferred Ctrl-C is raised, at the block's end
+
+
+def _data_summary(splits: _data.Splits) -> dict[str, Any]:
+    train = splits.train
+    return {
+        "name": splits.name,
+        "train": int(train.x.shape[0]),
+        "validation": int(splits.validation.x.shape[0]),
+        "test": int(splits.test.x.shape[0]),
+        "features": int(train.x.shape[1]),
+        "classes": splits.num_classes,
+    }
+
+
+def _outcome(
+    result: Any, ts: TrainState, earlier: int
+) -> tuple[TrainState, int, dict[str, Any] | None]:
+    """The state to test, its epoch, and the divergence (epoch and non-finite values) if any:
+    the final state, or after a divergence the best finite one."""
+    if result is None:  # every epoch was in the checkpoint
+        return ts, earlier, None
+    if result.diverged is None:
+        return result.state, len(result.history), None
+    bad = result.history[result.diverged - 1]
+    diverged = {
+        "epoch": result.diverged,
+        "values": {k: v for k, v in bad.items() if not math.isfinite(v)},
+    }
+    return result.best, result.best_epoch, diverged
+
+
+def _throughput(records: list[dict[str, float]], n: int, batch_size: int) -> float | None:
+    """Examples per second over this process's epochs but the first (which compiles)."""
+    trained = records[1:] if len(records) > 1 else records
+    seconds = sum(r["seconds"] for r in trained)
+    return (n // batch_size) * batch_size * len(trained) / seconds if seconds > 0 else None
 
 
 def _json_safe(value: Any) -> Any:

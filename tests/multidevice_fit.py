@@ -38,8 +38,10 @@ from jax.sharding import PartitionSpec as P
 
 import jaxnn
 from jaxnn.batchnorm import population_statistics
+from jaxnn.evaluation import predict
+from jaxnn.fitting import fit
 from jaxnn.parallel import BATCH_AXIS, data_mesh, replicate
-from jaxnn.train import TrainState, fit, make_epoch, predict
+from jaxnn.train import TrainState, make_epoch
 
 # Tolerance. The 4-device run adds the same terms as the 1-device run in another order: the
 # gradient's sums over the batch (and BatchNorm's statistics) become per-device partial sums

@@ -10,10 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numerics import RTOL, norm_rel_err
 
-from jaxnn import combinators, initializers, layers, losses
+from jaxnn import combinators, initializers, layers, losses, networks
 from jaxnn.audit import random_targets as targets_for
 from jaxnn.backprop import backprop, manual, value_and_grad
-from jaxnn.train import TrainState, fit_full_batch, make_train_step, sgd
+from jaxnn.backprop import layer_gradients as backprop_layers
+from jaxnn.optim import sgd
+from jaxnn.train import TrainState, fit_full_batch, make_train_step
 
 
 def flat(tree):
@@ -31,7 +33,7 @@ class ThreeGradientsTest(chex.TestCase):
         seed=st.integers(0, 2**16),
     )
     def test_loop_custom_vjp_and_autodiff_agree(self, sizes, activation, loss_name, batch, seed):
-        net = combinators.mlp([*sizes, 2], activation, b_init=jax.nn.initializers.normal(1.0))
+        net = networks.mlp([*sizes, 2], activation, b_init=jax.nn.initializers.normal(1.0))
         k_init, k_x, k_t = jax.random.split(jax.random.key(seed), 3)
         params, state = net.init(k_init, (batch, 3))
         x = jax.random.normal(k_x, (batch, 3), jnp.float64)
@@ -79,7 +81,7 @@ def test_manual_mode_really_runs_the_hand_derived_rules():
 
 
 def test_manual_binding_composes_with_vmap_and_higher_level_code():
-    net = combinators.mlp([4, 1], "tanh")
+    net = networks.mlp([4, 1], "tanh")
     params, state = net.init(jax.random.key(0), (5, 3))
     xs = jax.random.normal(jax.random.key(1), (6, 5, 3))
 
@@ -120,7 +122,7 @@ def test_sgd_takes_an_optax_schedule():
 
 
 def test_frozen_leaves_are_not_updated_and_scan_equals_loop():
-    net = combinators.mlp([3, 2], "sigmoid", b_init=initializers.constant(0.5))
+    net = networks.mlp([3, 2], "sigmoid", b_init=initializers.constant(0.5))
     params, state = net.init(jax.random.key(0), (4, 2))
     x = jax.random.normal(jax.random.key(1), (4, 2))
     t = jax.random.uniform(jax.random.key(2), (4, 2))
@@ -140,7 +142,7 @@ def test_frozen_leaves_are_not_updated_and_scan_equals_loop():
 
 
 def test_manual_and_autodiff_training_give_the_same_trajectory():
-    net = combinators.mlp([8, 3], "tanh")
+    net = networks.mlp([8, 3], "tanh")
     params, state = net.init(jax.random.key(0), (16, 4))
     x = jax.random.normal(jax.random.key(1), (16, 4))
     labels = jax.random.randint(jax.random.key(2), (16,), 0, 3)
@@ -179,7 +181,7 @@ def test_num_steps_must_be_positive():
 
 
 def test_keys_flow_through_the_scan_one_per_step():
-    net = combinators.mlp([8, 3], "tanh", dropout=0.5)
+    net = networks.mlp([8, 3], "tanh", dropout=0.5)
     params, state = net.init(jax.random.key(0), (16, 4))
     x = jax.random.normal(jax.random.key(1), (16, 4))
     labels = jax.random.randint(jax.random.key(2), (16,), 0, 3)
@@ -209,3 +211,121 @@ def test_keys_flow_through_the_scan_one_per_step():
     # Same keys, same masks: the two gradient paths train alike (as for Adam below, the
     # gradients agree to RTOL per step; SGD at lr 0.1 moves parameters by <= 10 * 0.1 * RTOL).
     assert norm_rel_err(runs["manual"][0].params, runs["autodiff"][0].params) <= 1e-9
+
+
+# ----------------------------------------------------------------------------- a layer's backward
+
+
+def _swapped(backward, dy):
+    dparams, dx = backward(dy)
+    return dx, dparams
+
+
+def _one_gradient(backward, dy):
+    dparams, _ = backward(dy)
+    return dparams  # forgot dx
+
+
+def _broken(kind, name="broken"):
+    """A dense layer whose vjp breaks the protocol in one way."""
+    base = layers.dense(3)
+
+    def vjp(params, state, x, *, train, key=None):
+        y, state, backward = base.vjp(params, state, x, train=train, key=key)
+        if kind == "plain function":
+            return y, state, lambda dy: backward(dy)
+        fn = {"swapped": _swapped, "one gradient": _one_gradient}[kind]
+        return y, state, jax.tree_util.Partial(fn, backward)
+
+    return base._replace(name=name, vjp=vjp)
+
+
+def _run(net, path):
+    params, state = net.init(jax.random.key(0), (4, 3))
+    x = jax.random.normal(jax.random.key(1), (4, 3))
+    t = jax.random.normal(jax.random.key(2), (4, 3))
+    if path == "loop":
+        return jax.jit(lambda p: backprop(net, "squared_error", p, state, x, t, train=False))(
+            params
+        )
+    vg = value_and_grad(net, "squared_error", grad="manual")
+    return jax.jit(lambda p: vg(p, state, x, t, train=False))(params)
+
+
+@pytest.mark.parametrize("path", ["loop", "custom_vjp"])
+@pytest.mark.parametrize("where", ["alone", "in a network"])
+@pytest.mark.parametrize(
+    ("kind", "error", "says"),
+    [
+        ("plain function", TypeError, "vjp returned a backward of type function"),
+        ("swapped", ValueError, "It looks like (dx, dparams): return (dparams, dx)"),
+        ("one gradient", TypeError, "must return the pair (dparams, dx)"),
+    ],
+)
+def test_a_broken_backward_is_refused_naming_its_layer(kind, error, says, where, path):
+    net = _broken(kind)
+    named = "layer 'broken'"
+    if where == "in a network":
+        net = combinators.serial(layers.dense(3), layers.activation("tanh"), net, name="net")
+        named = "layer 'broken_2' in 'net'"
+    with pytest.raises(error) as info:
+        _run(net, path)
+    assert named in str(info.value)
+    assert says in str(info.value)
+
+
+def test_validation_leaves_the_numbers_and_the_backward_pytree_alone():
+    # The checks run at trace time: the same numbers, and the backward still crosses jit.
+    net = networks.mlp([4, 3], "tanh", batchnorm=True)
+    params, state = net.init(jax.random.key(0), (5, 3))
+    x = jax.random.normal(jax.random.key(1), (5, 3))
+    y, _, backward = jax.jit(lambda p: net.vjp(p, state, x, train=True))(params)
+    dparams, dx = jax.jit(lambda b, dy: b(dy))(backward, jnp.ones_like(y))
+    _, vjp_ref = jax.vjp(lambda p, x: net.apply(p, state, x, train=True)[0], params, x)
+    assert norm_rel_err((dparams, dx), vjp_ref(jnp.ones_like(y))) <= RTOL
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_layer_gradients_are_each_layers_delta_and_backprops_grads(batchnorm):
+    net = networks.mlp([4, 3, 2], "tanh", batchnorm=batchnorm)
+    k_init, k_x, k_t = jax.random.split(jax.random.key(3), 3)
+    params, state = net.init(k_init, (5, 3))
+    x = jax.random.normal(k_x, (5, 3), jnp.float64)
+    t = targets_for("squared_error", k_t, (5, 2))
+    names = combinators.layer_keys(net)
+    value, layers_, new_state = jax.jit(
+        lambda p: backprop_layers(net, "squared_error", p, state, x, t, train=True)
+    )(params)
+    assert sorted(layers_) == sorted(names)  # jit returns dicts with sorted keys
+
+    def perturbed(eps):  # the forward with eps added to every layer's output: dL/d eps = δ
+        h = x
+        for name, layer in zip(names, net.children, strict=True):
+            h, _ = layer.apply(params.get(name, {}), state.get(name, {}), h, train=True)
+            h = h + eps[name]
+        return losses.get("squared_error").fn(h, t)
+
+    _, _, outputs = combinators.intermediates(net, params, state, x, train=True)
+    deltas = jax.grad(perturbed)({n: jnp.zeros_like(outputs[n]) for n in names})
+    loop_value, grads, loop_state = backprop(net, "squared_error", params, state, x, t, train=True)
+    assert float(value) == float(loop_value)
+    chex.assert_trees_all_close(new_state, loop_state)
+    for i, name in enumerate(names):
+        record = layers_[name]
+        np.testing.assert_allclose(record.x, x if i == 0 else outputs[names[i - 1]])
+        np.testing.assert_allclose(record.y, outputs[name])
+        np.testing.assert_allclose(record.dy, deltas[name], rtol=1e-12, atol=1e-14)
+        chex.assert_trees_all_close(record.dparams, grads.get(name, {}), rtol=1e-12)
+    assert combinators.layer_keys(net, "dense") == tuple(
+        n for n in names if "w" in params.get(n, {})
+    )
+    assert combinators.layer_keys(net, "tanh") == tuple(n for n in names if n.startswith("tanh"))
+
+
+def test_layer_gradients_needs_a_composition():
+    layer = layers.dense(2)
+    params, state = layer.init(jax.random.key(0), (1, 3))
+    with pytest.raises(TypeError, match="composition"):
+        backprop_layers(
+            layer, "squared_error", params, state, jnp.ones((1, 3)), jnp.ones((1, 2)), train=True
+        )

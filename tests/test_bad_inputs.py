@@ -1,6 +1,6 @@
 """Bad input, table-driven: every static mistake is an error that names what was expected and
 what came; every run-time value that jit cannot inspect has one documented behaviour on both
-gradient paths, and the checking mode (jaxnn.checking.checked) turns it into an error.
+gradient paths, and the checking mode (jaxnn.debug.checked) turns it into an error.
 
 The command line's bad input is at the end of this module (the CLI_ROWS table).
 """
@@ -23,17 +23,19 @@ import optax
 import pytest
 import test_batchnorm
 import test_checkpoint
-import test_combinators
 import test_data
 import test_layers
 import test_mixed_precision
+import test_networks
 from jax.experimental import checkify
 from numerics import RTOL
 
 import jaxnn
 import jaxnn_experiments
+import jaxnn_experiments.cli
+import jaxnn_experiments.reproduce
 from jaxnn import batchnorm as bn_module
-from jaxnn import checking, cli, gradcheck, train
+from jaxnn import cli, debug, evaluation, fitting, gradcheck, optim, train
 from jaxnn import initializers as inits
 from jaxnn import losses as L
 from jaxnn import regularization as R
@@ -102,7 +104,7 @@ API_ROWS = [
     ),
     (
         "sgd-string-rate",
-        lambda: train.sgd("0.1"),
+        lambda: optim.sgd("0.1"),
         TypeError,
         "positive number or an optax schedule",
     ),
@@ -194,8 +196,8 @@ API_ROWS = [
         ValueError,
         "non-negative",
     ),
-    ("sgd-nan", lambda: train.sgd(float("nan")), ValueError, "positive finite number"),
-    ("sgd-negative", lambda: train.sgd(-0.1), ValueError, "positive finite number"),
+    ("sgd-nan", lambda: optim.sgd(float("nan")), ValueError, "positive finite number"),
+    ("sgd-negative", lambda: optim.sgd(-0.1), ValueError, "positive finite number"),
     (
         "check-gradients-rtol-nan",
         lambda: _check(jnp.sum, ONES2, rtol=float("nan")),
@@ -414,7 +416,7 @@ API_ROWS = [
         ValueError,
         "grad must be one of",
     ),
-    ("sgd-zero", lambda: train.sgd(0), ValueError, "positive finite number, got 0"),
+    ("sgd-zero", lambda: optim.sgd(0), ValueError, "positive finite number, got 0"),
     (
         "fit-zero-steps",
         lambda: train.fit_full_batch(None, None, X, X, 0),
@@ -444,7 +446,7 @@ API_ROWS = [
         ValueError,
         "needs a parameter of shape (3, 3)",
     ),
-    ("checked-not-a-function", lambda: checking.checked(3), TypeError, "needs a function"),
+    ("checked-not-a-function", lambda: debug.checked(3), TypeError, "needs a function"),
     ("check-gradients-not-a-function", lambda: _check(3, ONES2), TypeError, "needs a function f"),
     (
         "check-gradients-vector-output",
@@ -611,7 +613,7 @@ def test_run_time_values_have_one_behaviour_and_the_checking_mode_raises(
         assert np.isfinite(v_auto) and all(np.isfinite(g).all() for g in g_auto)
     # (c) the checking mode turns it into an error, on either path.
     for grad in ("autodiff", "manual"):
-        fn = checking.checked(jaxnn.value_and_grad(net, loss, grad=grad))
+        fn = debug.checked(jaxnn.value_and_grad(net, loss, grad=grad))
         with pytest.raises(checkify.JaxRuntimeError, match=re.escape(fragment)):
             fn(params, state, x, targets, train=True)
 
@@ -636,7 +638,7 @@ def test_checking_mode_passes_valid_values_through_unchanged():
     net, params, state = _mlp()
     labels = jnp.asarray([0, 1, 2, 1])
     vg = jaxnn.value_and_grad(net, "softmax_cross_entropy_with_integer_labels")
-    (v1, _), g1 = checking.checked(vg)(params, state, X, labels, train=True)
+    (v1, _), g1 = debug.checked(vg)(params, state, X, labels, train=True)
     (v2, _), g2 = jax.jit(vg, static_argnames="train")(params, state, X, labels, train=True)
     assert float(v1) == float(v2)
     jax.tree.map(np.testing.assert_array_equal, g1, g2)
@@ -660,7 +662,7 @@ def test_nan_optax_rate_makes_nan_parameters_and_the_checking_mode_says_why():
         np.isnan(np.asarray(w)).all() for w in jax.tree.leaves(new_ts.params)
     )  # as documented
     with pytest.raises(checkify.JaxRuntimeError, match="update made a parameter NaN or inf"):
-        checking.checked(step)(ts, X, jnp.zeros((4, 3)))
+        debug.checked(step)(ts, X, jnp.zeros((4, 3)))
 
 
 @pytest.mark.parametrize("rate", [float("nan"), -0.1, 0.0], ids=["nan", "negative", "zero"])
@@ -668,7 +670,7 @@ def test_a_traced_sgd_rate_is_checked_in_the_checking_mode(rate):
     net, params, state = _mlp()
 
     def run(lr, params, state):
-        opt = train.sgd(lr)  # lr is a tracer here: it cannot be refused eagerly
+        opt = optim.sgd(lr)  # lr is a tracer here: it cannot be refused eagerly
         step = train.make_train_step(net, "mean_squared_error", opt)
         ts, loss = step(
             train.TrainState.create(net, opt, jax.random.key(0), params=params, state=state),
@@ -684,13 +686,13 @@ def test_a_traced_sgd_rate_is_checked_in_the_checking_mode(rate):
     elif rate == 0:
         np.testing.assert_array_equal(w0, w1)
     with pytest.raises(checkify.JaxRuntimeError, match="must be a positive finite number"):
-        checking.checked(run)(jnp.asarray(rate), params, state)
+        debug.checked(run)(jnp.asarray(rate), params, state)
 
 
 def test_a_schedule_that_turns_negative_is_caught_at_its_step():
     schedule = optax.linear_schedule(0.1, -0.1, transition_steps=10)  # 0 at step 5
-    step, ts = _train_setup(train.sgd(schedule))
-    checked_step = checking.checked(step)
+    step, ts = _train_setup(optim.sgd(schedule))
+    checked_step = debug.checked(step)
     for _ in range(5):
         ts, _ = checked_step(ts, X, jnp.zeros((4, 3)))
     with pytest.raises(checkify.JaxRuntimeError, match="at step 5"):
@@ -705,7 +707,7 @@ def test_batchnorm_mask_of_one_example_is_finite_and_the_checking_mode_raises():
     y, new_state = apply(params, state, x, train=True, mask=mask)
     assert np.isfinite(np.asarray(y)).all() and np.isfinite(np.asarray(new_state.var)).all()
     with pytest.raises(checkify.JaxRuntimeError, match=r"mask selects 1\.0 example"):
-        checking.checked(layer.apply)(params, state, x, train=True, mask=mask)
+        debug.checked(layer.apply)(params, state, x, train=True, mask=mask)
 
 
 # ============================================================================= trust at the edges
@@ -728,7 +730,7 @@ def _two_class():
 def _fit(tmp_path=None, **kw):
     net, ts, x, y = _two_class()
     args = {"train": (x, y), "epochs": 1, "batch_size": 4, **kw}
-    return train.fit(kw.pop("net", net), CE, optax.sgd(0.1), kw.pop("ts", ts), **{
+    return fitting.fit(kw.pop("net", net), CE, optax.sgd(0.1), kw.pop("ts", ts), **{
         k: v for k, v in args.items() if k not in ("net", "ts")})  # fmt: skip
 
 
@@ -742,7 +744,7 @@ def _evaluate(**kw):
     if "state_of" in kw:
         ts = train.TrainState.create(kw.pop("state_of"), optax.sgd(0.1), KEY, (8, 3))
     kw = {"x": x, "targets": y, **kw}
-    return train.evaluate(kw.pop("net", net), kw.pop("loss", CE), ts.params, ts.state, **kw)
+    return evaluation.evaluate(kw.pop("net", net), kw.pop("loss", CE), ts.params, ts.state, **kw)
 
 
 def _config(**kw):
@@ -824,8 +826,8 @@ EDGE_ROWS = [
     ("evaluate-bce-targets", lambda p: _evaluate(net=jaxnn.mlp([4, 1], "relu"), state_of=jaxnn.mlp([4, 1], "relu"), loss="binary_cross_entropy_with_logits", targets=jnp.full((8, 1), 2.0)), ValueError, "targets must lie in [0, 1]"),
     ("evaluate-mse-shape", lambda p: _evaluate(loss="mean_squared_error", targets=jnp.ones(8)), ValueError, "needs targets of that shape, got (8,)"),
     ("evaluate-batch-size-0", lambda p: _evaluate(batch_size=0), ValueError, "evaluate: batch_size must be a positive int"),
-    ("predict-state-of-another-network", lambda p: train.predict(jaxnn.mlp([5, 2]), *_two_class()[1][:2], _two_class()[2]), ValueError, "predict: the params and state do not belong to the network"),
-    ("predict-state-of-another-input", lambda p: train.predict(_two_class()[0], *_two_class()[1][:2], jnp.ones((8, 4))), ValueError, "for inputs of shape (8, 4)"),
+    ("predict-state-of-another-network", lambda p: evaluation.predict(jaxnn.mlp([5, 2]), *_two_class()[1][:2], _two_class()[2]), ValueError, "predict: the params and state do not belong to the network"),
+    ("predict-state-of-another-input", lambda p: evaluation.predict(_two_class()[0], *_two_class()[1][:2], jnp.ones((8, 4))), ValueError, "for inputs of shape (8, 4)"),
     ("epoch-label-out-of-range", lambda p: train.make_epoch(_two_class()[0], CE, optax.sgd(0.1), batch_size=4)(_two_class()[1], _two_class()[2], _labels(0, 9)), ValueError, "epoch: labels must lie in [0, 2)"),
     ("epoch-state-of-another-network", lambda p: train.make_epoch(jaxnn.mlp([6, 2]), CE, optax.sgd(0.1), batch_size=4)(*_two_class()[1:]), ValueError, "epoch: the params and state do not belong"),
     ("epoch-remainder", lambda p: train.make_epoch(_two_class()[0], CE, optax.sgd(0.1), batch_size=4, remainder="keep"), ValueError, "remainder must be one of ('drop', 'pad')"),
@@ -835,7 +837,7 @@ EDGE_ROWS = [
     ("loss-fn-not-callable", lambda p: _loss(fn=None), TypeError, "fn must be a function (predictions, targets)"),
     ("loss-predict-not-callable", lambda p: _loss(predict=3), TypeError, "predict must be a function outputs -> class labels"),
     ("metrics-of-a-regression-loss", lambda p: jaxnn.metrics.accuracy(jnp.ones((2, 2)), jnp.ones((2, 2)), _loss()), ValueError, "'mine' is a regression loss (targets='values')"),
-    ("fit-val-accuracy-regression", lambda p: train.fit(jaxnn.mlp([2]), _loss(), optax.sgd(0.1), train.TrainState.create(jaxnn.mlp([2]), optax.sgd(0.1), KEY, (8, 3)), (jnp.ones((8, 3)), jnp.ones((8, 2))), epochs=1, batch_size=4, validation=(jnp.ones((8, 3)), jnp.ones((8, 2))), monitor="val_accuracy"), ValueError, "needs a classification loss (targets 'labels', 'probabilities' or 'binary'), got mine"),
+    ("fit-val-accuracy-regression", lambda p: fitting.fit(jaxnn.mlp([2]), _loss(), optax.sgd(0.1), train.TrainState.create(jaxnn.mlp([2]), optax.sgd(0.1), KEY, (8, 3)), (jnp.ones((8, 3)), jnp.ones((8, 2))), epochs=1, batch_size=4, validation=(jnp.ones((8, 3)), jnp.ones((8, 2))), monitor="val_accuracy"), ValueError, "needs a classification loss (targets 'labels', 'probabilities' or 'binary'), got mine"),
     # ---------------------------------------------------------------- ours: run and RunConfig
     ("run-data-unknown", lambda p: _config(data="cifar"), ValueError, "RunConfig.data must be one of"),
     ("run-activation-unknown", lambda p: _config(activation="swishy"), ValueError, "RunConfig.activation must be one of"),
@@ -868,7 +870,7 @@ EDGE_TABLE = [
     *((f"batchnorm-{r[0]}", *r[1:]) for r in test_batchnorm.BAD_EDGE_ROWS),
     *((f"precision-{r[0]}", *r[1:]) for r in test_mixed_precision.BAD_EDGE_ROWS),
     *((f"layers-{r[0]}", *r[1:]) for r in test_layers.BAD_EDGE_ROWS),
-    *((f"combinators-{r[0]}", *r[1:]) for r in test_combinators.BAD_EDGE_ROWS),
+    *((f"networks-{r[0]}", *r[1:]) for r in test_networks.BAD_EDGE_ROWS),
 ]
 
 
@@ -894,13 +896,14 @@ def test_the_edge_table_holds_every_reported_case_and_30_of_ours():
 # ============================================================================= the command line
 # The ``jaxnn`` command as a Unix tool: exit codes, messages, progress on stderr only.
 #
-# Each row of :data:`CLI_ROWS` runs ``jaxnn.cli.main(argv)`` in-process, in a scratch folder that
+# Each row of :data:`CLI_ROWS` runs the console script's ``main(argv)`` (jaxnn_experiments.cli:
+# jaxnn.cli's commands and ``reproduce``) in-process, in a scratch folder that
 # holds user modules to ``--import``, with four user cases registered (honest, wrong, raising
 # while checked, raising while built) and the experiment list replaced by two fakes (one runs,
 # one raises), so that no real experiment runs here.
 
 REPO = Path(__file__).resolve().parent.parent
-PKG = cli.EXPERIMENTS_PACKAGE
+PKG = jaxnn_experiments.__name__
 BAR = "%|"  # in every tqdm bar, in no report
 
 USER_MODULES = {
@@ -995,7 +998,7 @@ def _run(argv, capsys, monkeypatch, tty=False):
     if tty:
         monkeypatch.setattr(sys, "stderr", terminal)
     try:
-        code = cli.main(argv)
+        code = jaxnn_experiments.cli.main(argv)
     except SystemExit as e:  # argparse: usage errors, --version
         code = e.code
     out, err = capsys.readouterr()
@@ -1107,10 +1110,10 @@ def test_raising_case_keeps_the_audit_going_and_reports_each_case(env, capsys, m
 
 
 def test_reproduce_checks_out_before_importing_anything(env, capsys, monkeypatch):
-    def no_import():
-        raise AssertionError("the experiments were imported before --out was checked")
+    def no_import(name):
+        raise AssertionError(f"{name} was imported before --out was checked")
 
-    monkeypatch.setattr(cli, "import_experiments", no_import)
+    monkeypatch.setattr(jaxnn_experiments.reproduce, "_module", no_import)
     code, _, err = _run(["reproduce", "--out", "taken.txt"], capsys, monkeypatch)
     assert code == 2 and "which is a file" in err
 
@@ -1148,46 +1151,15 @@ def test_the_package_version_is_the_one_pyproject_declares():
     assert jaxnn.__version__ == declared
 
 
-class _NotInstalled:
-    """A meta path finder for which ``jaxnn_experiments`` is not installed."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name == PKG:
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-
-@pytest.fixture
-def experiments_not_installed(monkeypatch):
-    before = {k: v for k, v in sys.modules.items() if k == PKG or k.startswith(PKG + ".")}
-    for name in before:
-        del sys.modules[name]
-    monkeypatch.setattr(sys, "meta_path", [_NotInstalled(), *sys.meta_path])
-    yield
-    for name in [k for k in sys.modules if k == PKG or k.startswith(PKG + ".")]:
-        del sys.modules[name]
-    sys.modules.update(before)
-
-
-def test_import_experiments_loads_the_repository_folder(experiments_not_installed):
-    with pytest.raises(ModuleNotFoundError):
-        importlib.import_module(PKG)
-    package = cli.import_experiments()
-    assert sys.modules[PKG] is package
-    assert Path(package.__file__) == REPO / "experiments" / "__init__.py"
-    common = importlib.import_module(f"{PKG}.common")  # submodules by the package's name
-    assert Path(common.__file__) == REPO / "experiments" / "common.py"
-    assert "batchnorm_ioffe_digits" in package.EXPERIMENTS
-
-
-def test_reproduce_without_the_experiments_says_how_to_install(
-    experiments_not_installed, tmp_path, capsys, monkeypatch
+def test_reproduce_without_the_experiments_dependencies_says_how_to_install(
+    env, capsys, monkeypatch
 ):
-    monkeypatch.setattr(cli, "_repository_experiments", lambda: tmp_path / "experiments")
-    with pytest.raises(ModuleNotFoundError, match="experiments extra"):
-        cli.import_experiments()
-    code, _, err = _run(["reproduce", "--out", str(tmp_path / "out")], capsys, monkeypatch)
-    assert code == 2 and "pip install -e '.[experiments]'" in err
+    # common imported again, as if matplotlib were not installed
+    monkeypatch.delitem(sys.modules, f"{PKG}.common", raising=False)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    code, _, err = _run(["reproduce", "--out", "out"], capsys, monkeypatch)
+    assert code == 2 and "cannot import the experiments" in err
+    assert "pip install -e '.[experiments]'" in err and env.calls == []
 
 
 def test_gradcheck_in_a_fresh_process_with_only_the_repository_on_the_path(tmp_path):

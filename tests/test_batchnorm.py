@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numerics import RTOL, norm_rel_err
 
-from jaxnn import combinators
+from jaxnn import combinators, networks
 from jaxnn.backprop import manual
 from jaxnn.batchnorm import BatchNormState, batchnorm, population_statistics
 from jaxnn.layers import activation, dense, dropout
@@ -173,7 +173,7 @@ def test_vmap_normalises_each_batch_separately_and_grad_works():
 
 
 def test_state_threads_through_mlp_and_train_step_and_optimizer_never_sees_it():
-    net = combinators.mlp([8, 8, 3], "sigmoid", batchnorm=True)
+    net = networks.mlp([8, 8, 3], "sigmoid", batchnorm=True)
     params, state = net.init(jax.random.key(0), (16, 4))
     assert list(state) == ["batchnorm_1", "batchnorm_4"]  # the layers that have state
     assert isinstance(state["batchnorm_1"], BatchNormState)
@@ -295,6 +295,7 @@ def manual_apply(layer, params, state, x, mask):
 MULTI_DEVICE_SCRIPT = Path(__file__).parent / "multidevice_batchnorm.py"
 
 
+@pytest.mark.slow  # a process of 4 simulated devices
 def test_multi_device_statistics_are_global_and_count_weighted():
     # XLA_FLAGS must be set before JAX starts: a separate process with 4 simulated CPU devices.
     # JAX_PLATFORMS=cpu: the 4 simulated devices are the host's, on a GPU machine too (the

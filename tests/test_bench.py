@@ -1,4 +1,5 @@
-"""``jaxnn bench --quick``: the report's structure and the invariants its numbers must keep.
+"""``python benchmarks/bench_step.py --quick``: the report's structure and the invariants its
+numbers must keep.
 
 Timings are not asserted (they belong to the machine); what is asserted could be false: every
 implementation is reported or skipped with a reason, times are positive and finite, ratios are
@@ -9,20 +10,27 @@ same parameters agree to the rounding bound).
 
 import json
 import math
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from jaxnn import benchmark
-from jaxnn.cli import main
+from benchmarks import bench_step as benchmark
+from benchmarks.bench_step import main
 
+pytestmark = pytest.mark.slow  # the benchmark harness, run --quick
+
+
+ROOT = Path(__file__).resolve().parent.parent
 MODELS = [n for n in benchmark.IMPLEMENTATIONS if n != benchmark.CEILING]
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    assert main(["bench", "--quick", "-q", "--out", str(out)]) == 0
+    assert main(["--quick", "-q", "--out", str(out)]) == 0
     return json.loads(out.read_text())
 
 
@@ -143,21 +151,21 @@ def test_missing_peers_are_skipped_with_the_install_hint(monkeypatch):
 )
 def test_usage_errors_are_one_line(args, expected, capsys):
     with pytest.raises(SystemExit) as e:
-        main(["bench", *args])
+        main(args)
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1
 
 
 def test_out_must_be_a_file(tmp_path, capsys):
-    assert main(["bench", "--quick", "--out", str(tmp_path)]) == 2
+    assert main(["--quick", "--out", str(tmp_path)]) == 2
     assert "which is a folder" in capsys.readouterr().err
 
 
 def test_bfloat16_needs_mlp_compute_dtype(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(benchmark, "_has_compute_dtype", lambda: False)
     out = tmp_path / "bench.json"
-    assert main(["bench", "--quick", "--dtype", "bfloat16", "--out", str(out)]) == 2
+    assert main(["--quick", "--dtype", "bfloat16", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "compute_dtype" in err and "jaxnn_autodiff, jaxnn_manual" in err
     assert not out.exists()
@@ -165,7 +173,7 @@ def test_bfloat16_needs_mlp_compute_dtype(tmp_path, monkeypatch, capsys):
 
 def test_bfloat16_runs_plain_jax_and_the_matmuls_and_skips_the_peers(tmp_path):
     out = tmp_path / "bench.json"
-    argv = ["bench", "--quick", "-q", "--dtype", "bfloat16", "--batches", "8", "--rounds", "1"]
+    argv = ["--quick", "-q", "--dtype", "bfloat16", "--batches", "8", "--rounds", "1"]
     assert main([*argv, "--only", "matmuls,torch", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["meta"]["dtype"] == "bfloat16"
@@ -175,3 +183,18 @@ def test_bfloat16_runs_plain_jax_and_the_matmuls_and_skips_the_peers(tmp_path):
     # the kernels, donated and aliased to the output, are bfloat16: 2 bytes an element
     memory = report["results"][0]["implementations"]["matmuls"]["memory"]
     assert memory["alias_bytes"] == 2 * (784 * 32 + 32 * 32 + 32 * 10)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["benchmarks/bench_step.py"], ["-m", "benchmarks.bench_step"]],
+    ids=["file", "module"],
+)
+def test_the_script_runs_as_a_file_and_as_a_module(command):
+    # JAX_PLATFORMS=cpu: the child leaves an accelerator to the process running the tests.
+    result = subprocess.run(
+        [sys.executable, *command, "--help"], capture_output=True, text=True, cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "--batches N,N" in result.stdout and "--quick" in result.stdout

@@ -1,44 +1,16 @@
-"""Composition: serial and mlp equal jax.vjp; keys split per stochastic layer; keyword arrays
-reach the layers that take them; intermediates; the acceptance network; clear errors."""
+"""Composition: serial's keys split per stochastic layer; keyword arrays reach the layers that
+take them; intermediates and layer_keys; the acceptance network; clear errors."""
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from numerics import RTOL, check_layer_vjp, norm_rel_err
+from numerics import RTOL, norm_rel_err
 
 import jaxnn
-from jaxnn import combinators, layers
-from jaxnn.activations import ACTIVATIONS
-from jaxnn.batchnorm import BatchNormState, batchnorm
-
-SMOOTH = ["sigmoid", "tanh", "softplus", "gelu", "gelu_tanh", "silu", "elu", "selu", "identity", "softmax", "log_softmax"]  # fmt: skip
-NORMAL = jax.nn.initializers.normal(1.0)
-
-
-class MlpVjpTest(chex.TestCase):
-    @chex.variants(with_jit=True, without_jit=True)
-    @settings(max_examples=10)
-    @given(
-        sizes=st.lists(st.integers(1, 3), min_size=1, max_size=3),
-        acts=st.lists(st.sampled_from(SMOOTH), min_size=3, max_size=3),
-        batch=st.integers(1, 3),
-        n_in=st.integers(1, 3),
-        seed=st.integers(0, 2**16),
-    )
-    def test_mlp(self, sizes, acts, batch, n_in, seed):
-        net = combinators.mlp(sizes, acts[: len(sizes)], b_init=NORMAL)
-        check_layer_vjp(self.variant, net, (batch, n_in), seed)
-
-    @chex.variants(with_jit=True, without_jit=True)
-    @settings(max_examples=2)
-    @given(seed=st.integers(0, 2**16), train=st.booleans())
-    def test_mlp_with_batchnorm_and_dropout(self, seed, train):
-        net = combinators.mlp([4, 3, 2], "tanh", batchnorm=True, dropout=0.3, b_init=NORMAL)
-        check_layer_vjp(self.variant, net, (5, 3), seed, train=train)
+from jaxnn import combinators, layers, networks
+from jaxnn.batchnorm import batchnorm
 
 
 def test_acceptance_network_manual_equals_autodiff_with_the_same_key():
@@ -98,11 +70,11 @@ def test_keys_are_split_per_stochastic_layer():
 
 
 def test_deterministic_networks_need_no_key_and_stochastic_ones_say_so():
-    net = combinators.mlp([3, 2], "tanh")
+    net = networks.mlp([3, 2], "tanh")
     params, state = net.init(jax.random.key(0), (2, 3))
     net.apply(params, state, jnp.ones((2, 3)), train=True)  # no key: nothing random
     assert not net.stochastic
-    noisy = combinators.mlp([3, 2], "tanh", dropout=0.2)
+    noisy = networks.mlp([3, 2], "tanh", dropout=0.2)
     assert noisy.stochastic
     params, state = noisy.init(jax.random.key(0), (2, 3))
     with pytest.raises(ValueError, match="needs a PRNG key"):
@@ -125,14 +97,14 @@ def test_keyword_arrays_reach_only_the_layers_that_take_them():
         np.testing.assert_allclose(new_state[name].var, ref_state[name].var, rtol=1e-12)
     with pytest.raises(TypeError, match=r"no layer of this network takes.*\['masks'\].*\['mask'\]"):
         net.apply(params, state, x, train=True, masks=mask)
-    plain = combinators.mlp([3, 2], "tanh")
+    plain = networks.mlp([3, 2], "tanh")
     p, s = plain.init(jax.random.key(0), (6, 2))
     with pytest.raises(TypeError, match="no keyword arrays"):
         plain.apply(p, s, x, train=True, mask=mask)
 
 
 def test_intermediates_are_the_forward_pass_by_name():
-    net = combinators.mlp([5, 3], "sigmoid", batchnorm=True)
+    net = networks.mlp([5, 3], "sigmoid", batchnorm=True)
     params, state = net.init(jax.random.key(0), (8, 4))
     x = jax.random.normal(jax.random.key(1), (8, 4))
     y, new_state, acts = combinators.intermediates(net, params, state, x, train=True)
@@ -149,7 +121,7 @@ def test_intermediates_are_the_forward_pass_by_name():
 
 
 def test_backward_is_a_pytree_that_crosses_jit_and_does_not_retrace():
-    net = combinators.mlp([3, 2], "tanh", batchnorm=True)
+    net = networks.mlp([3, 2], "tanh", batchnorm=True)
     params, state = net.init(jax.random.key(0), (4, 3))
     x = jnp.ones((4, 3))
     _, _, backward = jax.jit(lambda p, x: net.vjp(p, state, x, train=True))(params, x)
@@ -159,7 +131,7 @@ def test_backward_is_a_pytree_that_crosses_jit_and_does_not_retrace():
     assert dx.shape == x.shape
     # Static configuration is bound by value: two networks of the same configuration give
     # backwards of equal structure, so a jitted function of the backward compiles once.
-    other = combinators.mlp([3, 2], "tanh", batchnorm=True)
+    other = networks.mlp([3, 2], "tanh", batchnorm=True)
     _, _, backward2 = other.vjp(params, state, x, train=True)
     assert jax.tree.structure(backward) == jax.tree.structure(backward2)
     traces = []
@@ -175,7 +147,7 @@ def test_backward_is_a_pytree_that_crosses_jit_and_does_not_retrace():
 
 
 def test_serial_params_are_named_dicts_and_shapes_thread_through():
-    net = combinators.mlp([5, 3], "relu", final_activation="softmax")
+    net = networks.mlp([5, 3], "relu", final_activation="softmax")
     params, state = net.init(jax.random.key(0), (7, 4))
     # Only layers with arrays have an entry: no empty nodes for activations, no state at all.
     assert list(params) == ["dense_0", "dense_2"] and state == {}
@@ -186,44 +158,10 @@ def test_serial_params_are_named_dicts_and_shapes_thread_through():
     np.testing.assert_allclose(jnp.sum(y, axis=-1), 1.0, rtol=1e-15)
 
 
-def test_mlp_layout_with_batchnorm_and_dropout():
-    net = combinators.mlp([4, 4, 2], "relu", batchnorm=True, dropout=0.1)
-    params, state = net.init(jax.random.key(0), (3, 5))
-    assert combinators.layer_keys(net) == (
-        "dense_0", "batchnorm_1", "relu_2", "dropout_3",
-        "dense_4", "batchnorm_5", "relu_6", "dropout_7",
-        "dense_8", "identity_9",
-    )  # fmt: skip
-    assert list(params) == ["dense_0", "batchnorm_1", "dense_4", "batchnorm_5", "dense_8"]
-    assert list(state) == ["batchnorm_1", "batchnorm_5"]
-    assert isinstance(state["batchnorm_5"], BatchNormState)
-
-
-def test_mlp_without_nonlinearity_collapses_to_one_linear_map():
-    # The source text's claim: stacked linear layers stay one linear map.
-    net = combinators.mlp([6, 5, 3], "identity", b_init=NORMAL)
-    params, state = net.init(jax.random.key(1), (8, 4))
-    x = jax.random.normal(jax.random.key(2), (8, 4))
-    w, b = params["dense_0"]["w"], params["dense_0"]["b"]
-    for name in ["dense_2", "dense_4"]:
-        w, b = w @ params[name]["w"], b @ params[name]["w"] + params[name]["b"]
-    y, _ = net.apply(params, state, x, train=False)
-    assert norm_rel_err(y, x @ w + b) <= 1e-13  # three matmuls, rounding only
-
-
-def test_unknown_activation_lists_the_known_ones():
-    with pytest.raises(ValueError) as info:
-        combinators.mlp(
-            [3], "sigmoidd"
-        )  # one layer: the hidden activation is unused, still checked
-    for name in ACTIVATIONS:
-        assert name in str(info.value)
-
-
 def test_params_that_do_not_match_the_network_are_refused():
-    net = combinators.mlp([3, 2], "tanh")
+    net = networks.mlp([3, 2], "tanh")
     params, state = net.init(jax.random.key(0), (1, 4))
-    other, _ = combinators.mlp([3, 3, 2], "tanh").init(jax.random.key(0), (1, 4))
+    other, _ = networks.mlp([3, 3, 2], "tanh").init(jax.random.key(0), (1, 4))
     x = jnp.ones((1, 4))
     with pytest.raises(ValueError, match=r"do not match the network.*dense_0.*dense_2"):
         net.apply(other, state, x, train=False)
@@ -238,25 +176,13 @@ def test_params_that_do_not_match_the_network_are_refused():
         net.apply({**params, "tanh_1": {"w": jnp.ones(1)}}, state, x, train=False)
 
 
-def test_bad_hyperparameters():
-    with pytest.raises(ValueError, match="3 dense layers need 3 activations"):
-        combinators.mlp([2, 2, 2], ["tanh", "tanh"])
-    with pytest.raises(ValueError, match="not both"):
-        combinators.mlp([2, 2], ["tanh", "tanh"], final_activation="sigmoid")
+def test_serial_refuses_what_is_not_a_layer():
     with pytest.raises(TypeError, match="must be a Layer"):
         combinators.serial(layers.dense(2), "tanh")
-    with pytest.raises(TypeError, match=r"list of layer sizes, e.g. \[100, 10\], got 3"):
-        combinators.mlp(3)
-    with pytest.raises(TypeError, match=r"elementwise\(name, fn, derivative\)"):
-        combinators.mlp([3], jnp.tanh)
-    with pytest.raises(ValueError, match="probability of DROPPING"):
-        combinators.mlp([3, 2], "relu", dropout=1.0)
-    with pytest.raises(TypeError, match="input_shape"):
-        combinators.mlp([3]).init(jax.random.key(0), 4)
 
 
 def test_layer_keys_give_the_run_order_that_sorted_dicts_lose():
-    net = combinators.mlp([3] * 11, "relu")
+    net = networks.mlp([3] * 11, "relu")
     keys = combinators.layer_keys(net)
     assert keys[:3] == ("dense_0", "relu_1", "dense_2") and len(keys) == 22
     params, _ = net.init(jax.random.key(0), (2, 3))
@@ -265,29 +191,3 @@ def test_layer_keys_give_the_run_order_that_sorted_dicts_lose():
     assert list(through_jit) != list(keys)  # sorted: "dense_10" before "dense_2"
     with pytest.raises(TypeError, match="needs a composition"):
         combinators.layer_keys(layers.dense(2))
-
-
-# ----------------------------------------------------------------------------- bad input, table
-
-BAD_EDGE_ROWS = [
-    (
-        "mlp-param-dtype-int",
-        lambda tmp_path: jaxnn.mlp([3], param_dtype=np.int64),
-        TypeError,
-        "mlp: param_dtype must be a floating-point dtype (jnp.bfloat16, jnp.float32 or "
-        "jnp.float64) or None, got dtype int64. Params are what the gradients update",
-    ),
-    (
-        "mlp-param-dtype-bool",
-        lambda tmp_path: jaxnn.mlp([3], batchnorm=True, param_dtype=bool),
-        TypeError,
-        "mlp: param_dtype must be a floating-point dtype",
-    ),
-]
-
-
-def test_mlp_param_dtype_reaches_dense_and_batchnorm():
-    net = jaxnn.mlp([3, 2], batchnorm=True, param_dtype=np.dtype("float32"))
-    params, state = jax.eval_shape(lambda key: net.init(key, (4, 5)), jax.random.key(0))
-    leaves = jax.tree.leaves((params, state))
-    assert {a.dtype for a in leaves if a.ndim} == {jnp.dtype(jnp.float32)}

@@ -463,7 +463,7 @@ def fake_mnist(n_train: int = 60, n_test: int = 20, seed: int = 0) -> dict[str, 
 def write_mnist(folder: Path, arrays: dict[str, np.ndarray], gz: bool = True) -> Path:
     folder.mkdir(exist_ok=True)
     keys = ("x_train", "y_train", "x_test", "y_test")
-    for key, name in zip(keys, data._MNIST_FILES, strict=True):
+    for key, name in zip(keys, data.sources._MNIST_FILES, strict=True):
         # gz: mixed, as a half-unpacked download would be.
         compress = gz and key.startswith("x")
         write(folder / (name + (".gz" if compress else "")), idx_bytes(arrays[key]), compress)

@@ -21,6 +21,9 @@ from hypothesis import strategies as st
 import jaxnn_experiments.nonlinearity as nl
 from jaxnn import mlp
 
+pytestmark = pytest.mark.slow  # the experiment's quick run
+
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 U32, U64 = 2.0**-24, 2.0**-53
 

@@ -15,7 +15,11 @@ import numpy as np
 import pytest
 
 import jaxnn_experiments.regularization as reg
+from jaxnn.combinators import layer_keys
 from jaxnn.data import digits
+
+pytestmark = pytest.mark.slow  # the experiment's quick run
+
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EPS32 = 2.0**-24  # unit roundoff of float32
@@ -174,7 +178,7 @@ def test_every_arm_starts_from_the_seeds_weights(ran):
             for rate in (0.0, *reg.DROPOUT_RATES):
                 net = reg._network(rate)
                 params, state = reg._start(net, plain, seed)
-                dense = reg._dense_keys(params)
+                dense = layer_keys(net, "dense")
                 assert len(dense) == 3 and jax.tree.leaves(state) == []
                 for key, w in zip(dense, kernels, strict=True):
                     np.testing.assert_array_equal(np.asarray(params[key]["w"], np.float64), w)

@@ -18,7 +18,11 @@ import pytest
 
 import jaxnn_experiments.vanishing_gradients as vg
 from jaxnn import losses, mlp
+from jaxnn.combinators import layer_keys
 from jaxnn.gradcheck import RTOL
+
+pytestmark = pytest.mark.slow  # the experiment's quick run
+
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 U32 = 2.0**-24
@@ -196,8 +200,7 @@ def test_layer_gradients_equal_jax_grad(act, bn):
     params, state = net.init(k_init, (batch, 4))
     x = jax.random.normal(k_x, (batch, 4), jnp.float64)
     y = jax.random.randint(k_y, (batch,), 0, classes)
-    names = [f"{layer.name}_{i}" for i, layer in enumerate(net.children)]
-    dense = [n for n in names if n.startswith("dense_")]
+    dense = layer_keys(net, "dense")
     eps = {n: jnp.zeros((batch, params[n]["w"].shape[1]), jnp.float64) for n in dense}
 
     @jax.jit  # one compilation (eager, every small op would be compiled on its own)
@@ -206,7 +209,7 @@ def test_layer_gradients_equal_jax_grad(act, bn):
             return _perturbed_loss(net, p, state, x, y, e)
 
         value, grads = jax.value_and_grad(loss, argnums=(0, 1))(params, eps)
-        return vg.layer_gradients(net, params, state, x, y), value, grads
+        return vg.layer_gradients(net, act, params, state, x, y), value, grads
 
     got, loss, (g_params, g_eps) = both(params, eps)
     assert len(got["grad_w"]) == len(got["delta"]) == depth
@@ -263,7 +266,7 @@ def test_tiny_sigmoid_network_bound_by_hand():
     params, state = net.init(jax.random.key(0), (2, 2))
     for i, name in enumerate(("dense_0", "dense_2", "dense_4")):
         params[name] = {"w": jnp.asarray(w[i]), "b": jnp.asarray(b[i])}
-    got = jax.jit(vg.layer_gradients, static_argnums=0)(net, params, state, x, y)
+    got = jax.jit(vg.layer_gradients, static_argnums=(0, 1))(net, "sigmoid", params, state, x, y)
     for mine, theirs in zip(got["delta"], (d1, d2, d3), strict=True):
         np.testing.assert_allclose(
             np.asarray(mine), theirs, rtol=RTOL, atol=RTOL * np.abs(d3).max()

@@ -22,6 +22,9 @@ from jaxnn.batchnorm import batchnorm
 from jaxnn.gradcheck import RTOL
 from jaxnn_experiments import EXPERIMENTS, common
 
+pytestmark = pytest.mark.slow  # the experiments' quick runs
+
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

@@ -5,8 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnn import cli, gradcheck
-from jaxnn.gradcheck import AUTO, FD, HAND, GradientMismatchError, check_gradients
+from jaxnn import audit, batchnorm, cli, combinators, gradcheck, layers, networks
+from jaxnn._typing import bind_backward
+from jaxnn.backprop import manual
+from jaxnn.gradcheck import AUTO, FD, HAND, GradientMismatchError, check_gradients, check_layer
 
 
 def _params(key):
@@ -151,3 +153,194 @@ def test_noise_estimate_keeps_bound_tight_for_an_exact_function():
     (fd,) = [p for p in report.leaves[0].pairs if p.pair == (HAND, FD)]
     assert fd.ok and fd.tolerance < 1e-8
     assert np.isfinite(fd.max_abs_err)
+
+
+def test_names_label_the_differentiated_arguments():
+    params, x = _params(jax.random.key(3))
+    report = check_gradients(_loss, params, x, argnums=(0, 1), names=("dparams", "dx"))
+    assert [leaf.path for leaf in report.leaves] == ["dparams['b']", "dparams['w']", "dx"]
+    with pytest.raises(ValueError, match="one name per argnums"):
+        check_gradients(_loss, params, x, names=("a", "b"))
+
+
+# ----------------------------------------------------------------------------- check_layer
+
+
+def _wrong_dx(backward, dy):
+    dparams, dx = backward(dy)
+    return dparams, dx.at[0, 0].multiply(1.001)  # a planted slip in one element of dx
+
+
+def _swapped(backward, dy):
+    dparams, dx = backward(dy)
+    return dx, dparams
+
+
+def _faulty(kind, name="faulty", features=3):
+    """A dense layer whose backward has one planted mistake of ``kind``."""
+    base = layers.dense(features, b_init=jax.nn.initializers.normal(1.0))
+
+    def vjp(params, state, x, *, train, key=None):
+        y, state, backward = base.vjp(params, state, x, train=train, key=key)
+        if kind == "plain function":
+            return y, state, lambda dy: backward(dy)
+        wrong = {"wrong dx": _wrong_dx, "swapped": _swapped}[kind]
+        return y, state, bind_backward(wrong, backward)
+
+    return base._replace(name=name, vjp=vjp)
+
+
+_BN_STATE = batchnorm.BatchNormState(
+    jnp.asarray([0.5, -1.0, 0.2]), jnp.asarray([2.0, 0.5, 1.5]), jnp.asarray(3)
+)
+
+
+# Every layer factory of jaxnn (audit.layer_factories), in the modes and keywords it has.
+_BUILTIN = [
+    ("dense", layers.dense(4, b_init=jax.nn.initializers.normal(1.0)), (5, 3), {}),
+    ("activation", layers.activation("gelu"), (3, 4), {}),
+    ("dropout", layers.dropout(0.3), (4, 5), {}),
+    ("batchnorm", batchnorm.batchnorm(), (6, 3), {}),
+    ("batchnorm", batchnorm.batchnorm(), (6, 3), {"state": _BN_STATE}),
+    ("batchnorm", batchnorm.batchnorm(), (6, 3), {"mask": jnp.arange(6) < 4}),
+    ("serial", combinators.serial(layers.dense(3), layers.activation("tanh"), layers.dropout(0.2)),
+     (4, 2), {}),
+    ("mlp", networks.mlp([3, 2], "softplus", batchnorm=True, dropout=0.2), (5, 2),
+     {"mask": jnp.arange(5) != 2}),
+    ("manual", manual(networks.mlp([3, 2], "tanh", batchnorm=True)), (5, 2), {}),
+]  # fmt: skip
+
+
+def test_the_builtin_list_covers_every_layer_factory():
+    assert set(audit.layer_factories()) <= {factory for factory, *_ in _BUILTIN}
+
+
+@pytest.mark.parametrize(
+    ("factory", "layer", "shape", "options"),
+    _BUILTIN,
+    ids=[f"{f}-{'-'.join(o) or 'plain'}" for f, _, _, o in _BUILTIN],
+)
+def test_check_layer_passes_every_builtin_layer_in_each_mode(factory, layer, shape, options):
+    del factory
+    reports = check_layer(layer, shape, **options)
+    assert set(reports) == {"train", "eval"}
+    for mode, report in reports.items():
+        assert report.ok, (mode, report.table())
+        assert report.subject == f"layer {layer.name!r}, train={mode == 'train'}"
+        paths = [leaf.path for leaf in report.leaves]
+        assert paths[-1] == "dx"  # the input's gradient, besides every parameter's
+        assert all(p.startswith("dparams") for p in paths[:-1])
+        assert report.max_rel_err((HAND, AUTO)) <= 1e-10
+
+
+def test_check_layer_one_mode_and_its_key():
+    reports = check_layer(layers.dropout(0.5), (4, 4), train=True, key=jax.random.key(7))
+    assert list(reports) == ["train"]
+    # the same key draws the same case (a dropout mask included): the same numbers
+    again = check_layer(layers.dropout(0.5), (4, 4), train=True, key=jax.random.key(7))
+    assert reports["train"].table() == again["train"].table()
+
+
+def test_check_layer_names_the_layer_the_mode_and_dx_of_a_wrong_input_gradient():
+    with pytest.raises(GradientMismatchError) as info:
+        check_layer(_faulty("wrong dx"), (4, 2))
+    message = str(info.value)
+    assert message.startswith("layer 'faulty', train=True: gradient mismatch at leaf dx ")
+    assert "index (0, 0)" in message
+    # Its params' gradients are right: the report says so leaf by leaf.
+    report = check_layer(_faulty("wrong dx"), (4, 2), train=True, raise_on_mismatch=False)
+    assert {leaf.path for leaf, _ in report["train"].failures} == {"dx"}
+
+
+def test_a_wrong_dx_inside_a_network_is_found_at_its_layer():
+    net = combinators.serial(layers.dense(3), layers.activation("tanh"), _faulty("wrong dx"))
+    # The network's check sees dense_0's params and the input go wrong (dx flows through
+    # them); the layer's own check names the layer whose dx is wrong.
+    report = check_layer(net, (4, 2), train=False, raise_on_mismatch=False)["eval"]
+    assert not report.ok
+    with pytest.raises(GradientMismatchError, match=r"^layer 'faulty', train=False: .* leaf dx "):
+        check_layer(net.children[2], (4, 3), train=False)
+
+
+@pytest.mark.parametrize("where", ["alone", "in a network"])
+def test_check_layer_refuses_a_swapped_backward_naming_the_layer(where):
+    layer = _faulty("swapped", name="swapper")
+    if where == "in a network":
+        layer = combinators.serial(layers.dense(3), layer, name="net")
+    with pytest.raises(ValueError) as info:
+        check_layer(layer, (4, 3), train=False)
+    message = str(info.value)
+    assert ("layer 'swapper'" if where == "alone" else "layer 'swapper_1' in 'net'") in message
+    assert "It looks like (dx, dparams): return (dparams, dx)" in message
+    assert "expected the params' structure" in message
+
+
+@pytest.mark.parametrize("where", ["alone", "in a network"])
+def test_check_layer_refuses_a_plain_function_backward_naming_the_layer(where):
+    layer = _faulty("plain function", name="lambda_layer")
+    if where == "in a network":
+        layer = combinators.serial(layer, layers.activation("relu"), name="net")
+    with pytest.raises(TypeError) as info:
+        check_layer(layer, (4, 3), train=False)
+    message = str(info.value)
+    assert ("layer 'lambda_layer'" if where == "alone" else "'lambda_layer_0' in 'net'") in message
+    assert "backward of type function" in message
+    assert "jaxnn.bind_backward" in message
+
+
+def test_check_layer_refuses_a_dx_of_the_wrong_shape_or_dtype():
+    base = layers.dense(2)
+
+    def summed(backward, dy):  # forgot to keep the batch axis
+        dparams, dx = backward(dy)
+        return dparams, jnp.sum(dx, axis=0)
+
+    def single(backward, dy):
+        dparams, dx = backward(dy)
+        return dparams, dx.astype(jnp.float32)
+
+    for fn, match in ((summed, r"dx of shape \(3,\); the input x has shape \(4, 3\)"),
+                      (single, r"dx of dtype float32; the input x has dtype float64")):  # fmt: skip
+
+        def vjp(params, state, x, *, train, key=None, fn=fn):
+            y, state, backward = base.vjp(params, state, x, train=train, key=key)
+            return y, state, bind_backward(fn, backward)
+
+        with pytest.raises(ValueError, match=match):
+            check_layer(base._replace(name="shaper", vjp=vjp), (4, 3), train=False)
+
+
+def test_check_layer_bad_arguments():
+    with pytest.raises(TypeError, match="needs a jaxnn Layer"):
+        check_layer(lambda x: x, (2, 3))
+    with pytest.raises(TypeError, match="input_shape must be a tuple"):
+        check_layer(layers.dense(2), 3)
+    with pytest.raises(TypeError, match=r"layer 'dense' takes no keyword array\(s\) \['mask'\]"):
+        check_layer(layers.dense(2), (2, 3), mask=jnp.ones(2, bool))
+    with pytest.raises(TypeError, match="train must be a bool"):
+        check_layer(layers.dense(2), (2, 3), train="yes")
+
+
+def test_a_layer_case_registers_in_one_line(capsys):
+    gradcheck.register(
+        "mine.tanh_dense",
+        lambda key: gradcheck.layer_case(networks.mlp([3], "tanh"), (4, 2), train=True, key=key),
+    )
+    try:
+        assert cli.main(["gradcheck", "--seeds", "2", "--only", "mine."]) == 0
+    finally:
+        gradcheck.unregister("mine.tanh_dense")
+    assert "mine.tanh_dense  1     train x(4, 2)" in capsys.readouterr().out
+
+
+def test_cli_gradcheck_names_the_layer_of_a_registered_layer_case(capsys):
+    gradcheck.register(
+        "mine.faulty",
+        lambda key: gradcheck.layer_case(_faulty("wrong dx"), (4, 2), train=True, key=key),
+    )
+    try:
+        assert cli.main(["gradcheck", "--seeds", "1", "--only", "mine."]) == 1
+    finally:
+        gradcheck.unregister("mine.faulty")
+    err = capsys.readouterr().err
+    assert "mine.faulty (seed 0): layer 'faulty', train=True: gradient mismatch at leaf dx" in err

@@ -24,8 +24,9 @@ from jaxnn import cli
 from jaxnn._checks import refuse_float16
 from jaxnn.backprop import value_and_grad
 from jaxnn.batchnorm import batchnorm
-from jaxnn.combinators import intermediates, mlp
+from jaxnn.combinators import intermediates
 from jaxnn.layers import dense
+from jaxnn.networks import mlp
 from jaxnn.run import RunConfig, run
 from jaxnn.train import TrainState, make_train_step
 
@@ -252,6 +253,7 @@ def test_compute_dtype_names_are_accepted_as_strings():
 # ----------------------------------------------------------------------------- jaxnn train
 
 
+@pytest.mark.slow  # two trainings on digits
 def test_bf16_training_on_digits_is_within_half_a_point_of_float32():
     """The issue's acceptance: `jaxnn train`'s defaults (MLP 64-128-64-10 with BatchNorm,
     Adam 1e-3, 20 epochs), float32 vs bfloat16, same seeds. Measured on 10 seeds: the

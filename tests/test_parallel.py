@@ -18,8 +18,9 @@ import pytest
 from jax.sharding import Mesh
 
 import jaxnn
+from jaxnn.fitting import fit
 from jaxnn.parallel import BATCH_AXIS, data_mesh
-from jaxnn.train import TrainState, fit
+from jaxnn.train import TrainState
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).parent / "multidevice_fit.py"
@@ -50,10 +51,12 @@ def _child(*args, devices=4):
     assert "ALL CHECKS PASSED" in result.stdout, result.stdout
 
 
+@pytest.mark.slow  # processes of 4 simulated devices
 def test_four_devices_train_as_one_and_split_the_minibatch():
     _child("fit")
 
 
+@pytest.mark.slow  # processes of 4 simulated devices
 def test_jaxnn_train_on_four_devices_resumes_on_two_and_refuses_eight(tmp_path):
     _child("cli", str(tmp_path))
 
@@ -64,6 +67,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # processes of 4 simulated devices
 def test_two_processes_of_two_devices_train_as_one_device():
     """jax.distributed.initialize on localhost, gloo collectives: a mesh over 2 processes."""
     port = _free_port()

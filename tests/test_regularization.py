@@ -8,16 +8,17 @@ import optax
 import pytest
 from numerics import RTOL, norm_rel_err
 
-from jaxnn import combinators, regularization
+from jaxnn import networks, regularization
 from jaxnn.backprop import backprop, value_and_grad
+from jaxnn.optim import sgd
 from jaxnn.regularization import combine, l1, l2
-from jaxnn.train import TrainState, fit_full_batch, make_train_step, sgd
+from jaxnn.train import TrainState, fit_full_batch, make_train_step
 
 LOSS = "softmax_cross_entropy_with_integer_labels"
 
 
 def _network():
-    net = combinators.mlp([6, 3], "tanh", batchnorm=True, b_init=jax.nn.initializers.normal(1.0))
+    net = networks.mlp([6, 3], "tanh", batchnorm=True, b_init=jax.nn.initializers.normal(1.0))
     params, state = net.init(jax.random.key(0), (10, 4))
     x = jax.random.normal(jax.random.key(1), (10, 4))
     labels = jax.random.randint(jax.random.key(2), (10,), 0, 3)
@@ -75,7 +76,7 @@ def test_bad_scales_are_refused():
     with pytest.raises(TypeError, match="l1: scale must be a number"):
         l1("0.1")
     with pytest.raises(TypeError, match="Penalty"):
-        value_and_grad(combinators.mlp([2]), LOSS, penalty=lambda p: 0.0)
+        value_and_grad(networks.mlp([2]), LOSS, penalty=lambda p: 0.0)
     assert set(regularization.PENALTIES) == {"l1", "l2"}
 
 

@@ -22,6 +22,7 @@ def _strip(history):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
 
 
+@pytest.mark.slow  # whole trainings on digits
 def test_jaxnn_train_with_its_defaults_reaches_97_percent_on_digits(tmp_path, capsys):
     """The issue's acceptance run: defaults (MLP 64-128-64-10 with BatchNorm, Adam), digits."""
     code = cli.main(["train", "--out", str(tmp_path), "-q"])
@@ -39,6 +40,7 @@ def test_jaxnn_train_with_its_defaults_reaches_97_percent_on_digits(tmp_path, ca
 
 
 @pytest.mark.parametrize("grad", ["autodiff", "manual"])
+@pytest.mark.slow  # whole trainings on digits
 def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, grad):
     config = RunConfig(hidden=(32,), dropout=0.2, epochs=4, grad=grad)
     whole = run(config, checkpoint_dir=tmp_path / "whole")
@@ -181,6 +183,7 @@ def test_every_checkpoint_folder_problem_is_found_before_training(tmp_path, caps
     assert out == ""  # no epoch ran, nothing was loaded
 
 
+@pytest.mark.slow  # whole trainings on digits
 def test_a_damaged_checkpoint_says_which_and_fallback_resumes_from_the_intact_one(tmp_path, capsys):
     with jax.enable_x64(False):
         first = run(RunConfig(hidden=(8,), epochs=3), checkpoint_dir=tmp_path / "ck")
@@ -221,6 +224,7 @@ def test_ctrl_c_while_saving_finishes_the_checkpoint_then_stops(tmp_path, monkey
     assert metrics["test"] is None
 
 
+@pytest.mark.slow  # whole trainings on digits
 def test_ctrl_c_is_one_line_exit_130_and_the_run_resumes_exactly(tmp_path):
     """The command in its own process, interrupted (SIGINT) after its third epoch's line."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}

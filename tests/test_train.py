@@ -1,30 +1,20 @@
-"""The training engine: TrainState, the step, the epoch scan, fit, evaluate, predict.
+"""The training engine: TrainState, the step, the epoch scan.
 
-Exact claims are checked exactly (the source text's update rule against optax, a resumed run
-against an uninterrupted one, the masked last minibatch against the same update on its real
-examples alone); float32 comparisons of the two gradient paths use bounds derived below.
+Exact claims are checked exactly (the source text's update rule against optax, the masked last
+minibatch against the same update on its real examples alone); float32 comparisons of the two
+gradient paths use bounds derived below.
 """
-
-import json
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 import jaxnn
-from jaxnn import Layer, backprop, data, losses, metrics, train
-from jaxnn.train import (
-    TrainState,
-    evaluate,
-    fit,
-    make_epoch,
-    make_train_step,
-    predict,
-)
+from jaxnn import backprop, data, losses
+from jaxnn.evaluation import evaluate
+from jaxnn.train import TrainState, make_epoch, make_train_step
 
 CE = "softmax_cross_entropy_with_integer_labels"
 
@@ -102,7 +92,7 @@ def test_the_compiled_step_is_lean_for_the_host(grad):
     step = make_train_step(net, CE, opt, grad=grad)
     x, y = jnp.ones((4, 5)), jnp.arange(4) % 3
     assert jax.make_jaxpr(step)(ts, x, y).effects == set()
-    with jaxnn.checking.mode():
+    with jaxnn.debug.mode():
         assert jax.make_jaxpr(step)(ts, x, y).effects != set()
     lowered = step.lower(ts, x, y)
     n_out = len(jax.tree.leaves(lowered.out_info))
@@ -168,7 +158,7 @@ def test_manual_and_autodiff_train_alike_for_100_float32_steps(digits, batchnorm
     kernel row it multiplies, so that row's exact gradient is 0 and both paths compute
     rounding noise of ~1e-9; Adam divides by √v ~ 1e-9 ≈ its eps (1e-8), turning the noise
     into steps of up to lr. The two paths (or two summation orders) then differ by ~1e-2 after
-    100 steps; with eps = 1e-6 by ~1e-4 (README, "Training").
+    100 steps; with eps = 1e-6 by ~1e-4 (docs/training.md, "The two gradient paths").
     """
     with jax.enable_x64(False):
         x, y = digits.train.x[:1000], digits.train.y[:1000]
@@ -188,36 +178,7 @@ def test_manual_and_autodiff_train_alike_for_100_float32_steps(digits, batchnorm
         assert accs[0] == accs[1]
 
 
-# ----------------------------------------------------------------------------- compile once
-
-
-def _counting(net: Layer, counts: dict[str, int]) -> Layer:
-    def apply(*args, **kwargs):
-        counts["apply"] += 1
-        return net.apply(*args, **kwargs)
-
-    def vjp(*args, **kwargs):
-        counts["vjp"] += 1
-        return net.vjp(*args, **kwargs)
-
-    return net._replace(apply=apply, vjp=vjp)
-
-
-@pytest.mark.parametrize("grad", ["autodiff", "manual"])
-def test_fit_traces_once_whatever_the_number_of_epochs(grad, digits):
-    x, y = digits.train.x[:200], digits.train.y[:200]
-    val = (digits.validation.x[:50], digits.validation.y[:50])
-    runs = {}
-    for epochs in (1, 4):
-        counts = {"apply": 0, "vjp": 0}
-        net = _counting(jaxnn.mlp([16, 10], "relu", batchnorm=True, dropout=0.1), counts)
-        opt = optax.adam(1e-3)
-        ts = TrainState.create(net, opt, jax.random.key(0), (32, 64))
-        counts.update(apply=0, vjp=0)
-        fit(net, CE, opt, ts, (x, y), epochs=epochs, batch_size=32, validation=val, grad=grad)
-        runs[epochs] = dict(counts)
-    assert runs[1] == runs[4]  # no retracing per step or per epoch
-    assert sum(runs[1].values()) <= 3  # the epoch's step (once), the evaluation (once)
+# ----------------------------------------------------------------------------- epochs
 
 
 def test_the_epoch_donates_the_state_and_keeps_the_data(digits):
@@ -230,9 +191,6 @@ def test_the_epoch_donates_the_state_and_keeps_the_data(digits):
     assert all(leaf.is_deleted() for leaf in jax.tree.leaves(ts.opt_state))
     assert not x.is_deleted() and not y.is_deleted()
     assert losses_.shape == (3,) and int(new.step) == 3
-
-
-# ----------------------------------------------------------------------------- epochs
 
 
 def test_an_epoch_is_a_fresh_permutation_drawn_from_key_and_step():
@@ -254,18 +212,6 @@ def test_an_epoch_is_a_fresh_permutation_drawn_from_key_and_step():
         perms.append(perm)
     assert int(ts.step) == 6  # 10 examples, batches of 3: one is left out of each epoch
     assert not np.array_equal(perms[0], perms[1])
-
-
-def test_a_last_minibatch_of_one_example_with_batchnorm_trains_when_dropped(digits):
-    x, y = digits.train.x[:65], digits.train.y[:65]  # 65 = 2·32 + 1
-    net = jaxnn.mlp([16, 10], "relu", batchnorm=True)
-    opt = optax.adam(1e-3)
-    ts = TrainState.create(net, opt, jax.random.key(0), (32, 64))
-    result = fit(net, CE, opt, ts, (x, y), epochs=2, batch_size=32)
-    assert int(result.state.step) == 4
-    assert all(np.isfinite(r["loss"]) for r in result.history)
-    with pytest.raises(ValueError, match="last minibatch of 1 example"):
-        fit(net, CE, opt, ts, (x, y), epochs=1, batch_size=32, remainder="pad")
 
 
 @pytest.mark.parametrize("grad", ["autodiff", "manual"])
@@ -312,146 +258,13 @@ def test_masked_losses_keep_each_reduction():
         losses.masked("squared_error").fn(y, (t, jnp.ones(4, bool)))
 
 
-# ----------------------------------------------------------------------------- fit
-
-
-def test_fit_evaluates_keeps_the_best_and_stops_early(digits):
-    net = jaxnn.mlp([32, 10], "relu")
-    opt = optax.adam(3e-2)  # a large rate: validation loss soon rises (overfitting)
-    ts = TrainState.create(net, opt, jax.random.key(0), (32, 64))
-    x, y = digits.train.x[:150], digits.train.y[:150]
-    val = (digits.validation.x, digits.validation.y)
-    seen = []
-    result = fit(
-        net, CE, opt, ts, (x, y), epochs=60, batch_size=32, validation=val, patience=3,
-        callback=lambda epoch, ts, record: seen.append((epoch, int(ts.step))),
-    )  # fmt: skip
-    h = result.history
-    assert [r["epoch"] for r in h] == list(range(1, len(h) + 1))
-    assert seen == [(r["epoch"], 4 * r["epoch"]) for r in h]
-    best = min(range(len(h)), key=lambda i: h[i]["val_loss"])
-    assert result.best_epoch == h[best]["epoch"]
-    assert result.stopped_early and len(h) == result.best_epoch + 3
-    again = evaluate(net, CE, result.best.params, result.best.state, *val)
-    assert again["loss"] == h[best]["val_loss"]
-    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(ts))  # fit copies its input
-    json.dumps(h)  # the history is plain JSON
-
-
-def test_a_resumed_fit_is_bit_identical_to_an_uninterrupted_one(digits):
-    net = jaxnn.mlp([32, 10], "relu", batchnorm=True, dropout=0.2)
-    opt = optax.adam(1e-3)
-    ts = TrainState.create(net, opt, jax.random.key(0), (32, 64))
-    train = (digits.train.x[:300], digits.train.y[:300])
-    val = (digits.validation.x, digits.validation.y)
-    whole = fit(net, CE, opt, ts, train, epochs=4, batch_size=32, validation=val)
-    first = fit(net, CE, opt, ts, train, epochs=2, batch_size=32, validation=val)
-    rest = fit(net, CE, opt, first.state, train, epochs=2, batch_size=32, validation=val,
-               history=first.history)  # fmt: skip
-    _assert_trees_equal(rest.state, whole.state)
-    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
-    assert strip(rest.history) == strip(whole.history)
-    assert rest.best_epoch == whole.best_epoch or rest.best_epoch > 2
-
-
-def test_fit_refuses_bad_arguments_with_the_fix(digits):
-    net = jaxnn.mlp([8, 10], "relu")
-    opt = optax.sgd(0.1)
-    ts = TrainState.create(net, opt, jax.random.key(0), (8, 64))
-    x, y = digits.train.x[:20], digits.train.y[:20]
-    cases = [
-        (dict(epochs=0), "epochs must be a positive int"),
-        (dict(epochs=1, batch_size=32), "batch_size=32 is larger than the 20 training examples"),
-        (dict(epochs=1, monitor="val_loss"), "'val_\\*' need validation data"),
-        (dict(epochs=1, remainder="keep"), "remainder must be one of"),
-        (dict(epochs=1, grad="numeric"), "grad must be one of"),
-    ]
-    for kwargs, match in cases:
-        with pytest.raises(ValueError, match=match):
-            fit(net, CE, opt, ts, (x, y), **{"batch_size": 8, **kwargs})
-    with pytest.raises(ValueError, match="same number of examples"):
-        fit(net, CE, opt, ts, (x, y[:10]), epochs=1, batch_size=8)
-
-
-# ----------------------------------------------------------------------------- eval mode
-
-
-def test_predict_in_batches_equals_one_pass_and_uses_running_statistics(digits):
-    net = jaxnn.mlp([32, 10], "relu", batchnorm=True, dropout=0.5)
-    opt = optax.adam(1e-3)
-    ts = TrainState.create(net, opt, jax.random.key(0), (32, 64))
-    ts = fit(net, CE, opt, ts, (digits.train.x, digits.train.y), epochs=1, batch_size=64).state
-    x = digits.test.x
-    whole, _ = net.apply(ts.params, ts.state, x, train=False)
-    for batch_size in (1024, 100, 7):
-        got = predict(net, ts.params, ts.state, x, batch_size=batch_size)
-        assert got.shape == whole.shape
-        # Each row is the same computation on a different batch size: matmul rounding only,
-        # |Δ| ≤ (fan-in)·u·Σ|terms| — 64 inputs, u = 2^-24: below 1e-4 of the O(10) logits.
-        np.testing.assert_allclose(np.asarray(got), np.asarray(whole), rtol=0, atol=1e-4)
-
-
-def test_evaluate_matches_scikit_learn(digits):
-    net = jaxnn.mlp([32, 10], "relu")
-    opt = optax.adam(1e-2)
-    ts = TrainState.create(net, opt, jax.random.key(0), (32, 64))
-    ts = fit(net, CE, opt, ts, (digits.train.x, digits.train.y), epochs=3, batch_size=64).state
-    x, y = digits.test.x, digits.test.y
-    scores = evaluate(net, CE, ts.params, ts.state, x, y, batch_size=50)
-    logits = np.asarray(predict(net, ts.params, ts.state, x))
-    pred = logits.argmax(-1)
-    expected = sk_confusion_matrix(y, pred, labels=list(range(10)))
-    np.testing.assert_array_equal(np.asarray(scores["confusion"]), expected)
-    assert scores["accuracy"] == pytest.approx(np.trace(expected) / len(y), rel=1e-7)
-    assert scores["loss"] == pytest.approx(float(losses.get(CE).fn(logits, y)), rel=1e-6)
-
-
-def test_metrics_for_each_classification_loss():
-    logits = jnp.asarray([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0], [1.0, 0.0, 5.0], [4.0, 0.0, 0.0]])
-    labels = jnp.asarray([0, 1, 1, 2])
-    onehot = jax.nn.one_hot(labels, 3)
-    for loss, targets in ((CE, labels), ("softmax_cross_entropy", onehot)):
-        assert float(metrics.accuracy(logits, targets, loss)) == 0.5
-        np.testing.assert_array_equal(
-            np.asarray(metrics.confusion_matrix(logits, targets, loss)),
-            sk_confusion_matrix(labels, [0, 1, 2, 0], labels=[0, 1, 2]),
-        )
-    z = jnp.asarray([[1.0], [-2.0], [0.5]])
-    t = jnp.asarray([[1.0], [1.0], [0.0]])
-    assert float(metrics.accuracy(z, t, "binary_cross_entropy_with_logits")) == pytest.approx(1 / 3)
-    assert metrics.confusion_matrix(z, t, "binary_cross_entropy_with_logits").tolist() == [
-        [0, 1],
-        [1, 1],
-    ]
-    with pytest.raises(ValueError, match="regression loss"):
-        metrics.accuracy(z, t, "squared_error")
-    # An out-of-range label is counted nowhere, not as another class.
-    assert int(metrics.confusion_matrix(logits, jnp.asarray([0, 1, 1, 7]), CE).sum()) == 3
-
-
 # ----------------------------------------------------------------------------- NaN is never hidden
-
-
-def test_a_nan_output_has_no_class_and_makes_the_accuracy_nan():
-    logits = jnp.asarray([[2.0, 0.0], [jnp.nan, 1.0], [0.0, 3.0]])
-    labels = jnp.asarray([0, 1, 1])
-    assert metrics.predicted_labels(logits, CE).tolist() == [0, -1, 1]
-    assert np.isnan(float(metrics.accuracy(logits, labels, CE)))
-    assert metrics.confusion_matrix(logits, labels, CE).tolist() == [[1, 0], [0, 1]]
-    z = jnp.asarray([[1.0], [jnp.nan]])
-    assert np.isnan(
-        float(metrics.accuracy(z, jnp.asarray([[1.0], [0.0]]), "binary_cross_entropy_with_logits"))
-    )
-
-
-def _small(digits, n=120):
-    return digits.train.x[:n], digits.train.y[:n]
 
 
 def test_one_nan_example_makes_the_loss_nan_on_both_gradient_paths(digits):
     """The report: relu + BatchNorm with NaN in one example gave finite losses while the
     kernel, gamma and the running statistics were NaN. Now the loss says so at once."""
-    x, y = _small(digits, 64)
+    x, y = digits.train.x[:64], digits.train.y[:64]
     x = np.array(x)
     x[5, 3] = np.nan
     net = jaxnn.mlp([16, 10], "relu", batchnorm=True)
@@ -462,83 +275,3 @@ def test_one_nan_example_makes_the_loss_nan_on_both_gradient_paths(digits):
         assert np.isnan(float(value)), grad
         evaluation = evaluate(net, CE, ts.params, ts.state, x, y)
         assert np.isnan(evaluation["loss"]) and np.isnan(evaluation["accuracy"])
-
-
-def test_a_diverging_fit_stops_warns_and_keeps_the_best_finite_state(digits):
-    net = jaxnn.mlp([16, 10], "relu")
-    opt = optax.sgd(1e3)
-    x, y = _small(digits)
-    ts = TrainState.create(net, opt, jax.random.key(0), (32, 64))
-    with pytest.warns(train.DivergenceWarning, match=r"diverged at epoch (\d+): loss nan"):
-        result = fit(net, CE, opt, ts, (x, y), epochs=20, batch_size=30, validation=(x, y))
-    assert result.diverged == len(result.history) < 20  # stopped at the first bad epoch
-    assert not math.isfinite(result.history[-1]["loss"])
-    assert all(math.isfinite(v) for r in result.history[:-1] for v in r.values())
-    for leaf in jax.tree.leaves(result.best.params):
-        assert np.isfinite(np.asarray(leaf)).all()
-    if result.best_epoch == 0:  # no epoch was finite: the starting state
-        _assert_trees_equal(result.best, ts)
-    # on_nonfinite="continue" runs every epoch, and warns once.
-    with pytest.warns(train.DivergenceWarning) as caught:
-        going = fit(net, CE, opt, ts, (x, y), epochs=20, batch_size=30, on_nonfinite="continue")
-    assert len(going.history) == 20 and len(caught) == 1
-    assert going.diverged is not None and not math.isfinite(going.history[-1]["loss"])
-
-
-def test_a_run_with_nan_in_its_history_can_be_resumed(digits):
-    net = jaxnn.mlp([8, 10], "relu")
-    opt = optax.adam(1e-3)
-    x, y = _small(digits)
-    ts = TrainState.create(net, opt, jax.random.key(0), (32, 64))
-    history = [
-        {"epoch": 1, "loss": 2.0, "val_loss": 1.5},
-        {"epoch": 2, "loss": float("nan"), "val_loss": float("nan")},
-    ]
-    result = fit(
-        net, CE, opt, ts, (x, y), epochs=2, batch_size=30, validation=(x, y), history=history
-    )
-    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
-    assert result.best_epoch in (1, 3, 4)
-
-
-def test_nan_validation_data_is_a_divergence_not_a_finite_score(digits):
-    net = jaxnn.mlp([8, 10], "relu", batchnorm=True)
-    opt = optax.adam(1e-3)
-    x, y = _small(digits)
-    xv = np.array(x)
-    xv[0, 0] = np.nan
-    ts = TrainState.create(net, opt, jax.random.key(0), (32, 64))
-    with pytest.warns(train.DivergenceWarning, match="val_loss nan, val_accuracy nan"):
-        result = fit(net, CE, opt, ts, (x, y), epochs=3, batch_size=30, validation=(xv, y))
-    assert result.diverged == 1 and result.best_epoch == 0
-
-
-def _hinge(scores, labels):
-    """Crammer & Singer's multiclass hinge, mean over the batch."""
-    onehot = jax.nn.one_hot(labels, scores.shape[-1], dtype=scores.dtype)
-    margins = scores - jnp.sum(scores * onehot, -1, keepdims=True) + 1 - onehot
-    return jnp.mean(jnp.max(margins, -1))
-
-
-def _hinge_grad(scores, labels):
-    """The subgradient: +1 at the most violating class, −1 at the true one, over B."""
-    onehot = jax.nn.one_hot(labels, scores.shape[-1], dtype=scores.dtype)
-    margins = scores - jnp.sum(scores * onehot, -1, keepdims=True) + 1 - onehot
-    top = jax.nn.one_hot(jnp.argmax(margins, -1), scores.shape[-1], dtype=scores.dtype)
-    return (top - onehot) / labels.shape[0]
-
-
-@pytest.mark.parametrize("grad", ["autodiff", "manual"])
-def test_a_custom_classification_loss_gets_accuracy_and_val_accuracy(digits, grad):
-    hinge = losses.Loss("multiclass_hinge", _hinge, _hinge_grad, targets="labels")
-    net = jaxnn.mlp([32, 10], "relu")
-    opt = optax.adam(1e-2)
-    ts = TrainState.create(net, opt, jax.random.key(0), (32, 64))
-    train_xy = (digits.train.x, digits.train.y)
-    val = (digits.validation.x, digits.validation.y)
-    result = fit(net, hinge, opt, ts, train_xy, epochs=5, batch_size=32, validation=val,
-                 monitor="val_accuracy", grad=grad)  # fmt: skip
-    assert result.history[-1]["val_accuracy"] > 0.9
-    scores = evaluate(net, hinge, result.best.params, result.best.state, *val)
-    assert scores["accuracy"] == result.history[result.best_epoch - 1]["val_accuracy"]
-    assert np.asarray(scores["confusion"]).sum() == len(val[1])

@@ -19,14 +19,14 @@ keeps JAX's fast dispatch path. :func:`checked` runs a function with those check
 failed condition raises a :class:`jax.experimental.checkify.JaxRuntimeError` whose message
 names it::
 
-    step = jaxnn.train.make_train_step(net, "softmax_cross_entropy_with_integer_labels", opt)
-    checked_step = jaxnn.checking.checked(step)
+    step = jaxnn.make_train_step(net, "softmax_cross_entropy_with_integer_labels", opt)
+    checked_step = jaxnn.debug.checked(step)
     ts, loss = checked_step(ts, x, labels)   # raises if a label is out of range
 
 It is ``checkify.checkify(fn, errors=checkify.user_checks)`` under ``jit``, traced inside
 :func:`mode`, then ``throw``; pass ``errors`` for more (e.g. ``checkify.nan_checks`` to find the
 first NaN). To compose ``checkify`` yourself, trace and call inside ``with
-jaxnn.checking.mode():``; outside it jaxnn states no conditions.
+jaxnn.debug.mode():``; outside it jaxnn states no conditions.
 A checked function compiles separately from the unchecked one and runs slower (every
 condition is evaluated): use it to debug, not in production loops.
 """
@@ -55,7 +55,7 @@ def mode() -> Any:
     ``jax.make_user_context`` value), so a function already compiled without its checks is
     traced again with them. :func:`checked` uses it; use it to compose ``checkify`` yourself::
 
-        with jaxnn.checking.mode():
+        with jaxnn.debug.mode():
             err, out = jax.jit(checkify.checkify(step, errors=checkify.user_checks))(ts, x, y)
         err.throw()
     """
