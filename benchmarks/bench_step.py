@@ -24,7 +24,7 @@ random batch, ``x [batch, 784]`` standard normal and ``y [batch]`` uniform in ``
 parameters (jaxnn's Glorot-uniform kernels, ``gamma = 1``, ``beta = 0``, zero output bias):
 
 * ``jaxnn_autodiff`` / ``jaxnn_manual`` — ``jaxnn.mlp`` + ``TrainState`` +
-  ``make_train_step(..., grad="autodiff" | "manual")``, as the README writes them;
+  ``make_train_step(..., grad="autodiff" | "manual")``, as docs/training.md writes them;
 * ``plain_jax`` — the reference: a dict of kernels, BatchNorm in a few ``jnp`` lines,
   ``jax.value_and_grad(has_aux=True)``, optax, ``jax.jit(step, donate_argnums=0)``;
 * ``matmuls`` — only the step's 8 matrix products (forward ``x W₁, h₁ W₂, h₂ W₃``; backward

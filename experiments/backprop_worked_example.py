@@ -8,7 +8,7 @@ A 2-2-2 network with sigmoid hidden and output units, squared error
 the hand-derived rules), the weights after one update, and the error and outputs after one and
 after ``NUM_STEPS`` updates (one compiled ``lax.scan``) under each rule of ``RULES``. Each
 published figure (``PUBLISHED``) is then matched, to its printed digits, against every rule
-that computes it; the README's "The worked example of backpropagation" says what that finds.
+that computes it; docs/experiments.md (`backprop_worked_example`) says what that finds.
 
 Run it with ``jaxnn reproduce`` or ``python -m jaxnn_experiments.backprop_worked_example``.
 """

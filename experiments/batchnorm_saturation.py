@@ -30,7 +30,7 @@ sigmoid's output. The experiment measures the mean, the variance and the fractio
 evaluated on the test set with Algorithm 2's population statistics,
 :func:`jaxnn.batchnorm.population_statistics`).
 
-The README's "The BatchNorm experiments" says what the numbers show. Writes ``batchnorm_saturation.json`` and ``.png``;
+docs/experiments.md (`batchnorm_saturation`) says what the numbers show. Writes ``batchnorm_saturation.json`` and ``.png``;
 run it with ``jaxnn reproduce`` or ``python -m jaxnn_experiments.batchnorm_saturation``. The
 results do not depend on ``jax_enable_x64`` (each part sets the precision it needs).
 """
