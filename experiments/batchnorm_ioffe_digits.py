@@ -12,6 +12,15 @@ networks on scikit-learn's digits, the same initial weights and minibatches, pla
 steps the test accuracy and the percentiles of the input to unit ``UNIT`` of the last hidden
 sigmoid, with BN evaluated with the running statistics and with Algorithm 2's.
 
+**Sensitivity of a claim that does not hold** (``SENSITIVITY``, fixed in ``RULES`` before the
+run): the same rules, unchanged, decide runs that each change one setting of the original: the
+steps x5, the learning rate x1/3 and x3, and BatchNorm's momentum 0.1 → 0.01. In the PyTorch
+convention the running statistics are ``r ← (1 − m) r + m s`` over the minibatch statistics
+``s``, an exponential average whose weights ``m (1 − m)^k`` span about ``1/m`` steps: 10
+minibatches of 60 at ``m = 0.1``, 100 at ``m = 0.01``. Claim 2 with the running statistics
+reads the test set through that average, so its window is the setting the claim most likely
+depends on (Algorithm 2's average over the whole first epoch does not use it).
+
 Writes ``batchnorm_ioffe_digits.json`` and ``.png``. ``main(out_dir, steps=..., eval_every=...,
 sweep=...)`` runs a shorter version (the tests use it). The run is float32 whatever
 ``jax_enable_x64`` says.
@@ -58,6 +67,7 @@ LOSS = "softmax_cross_entropy_with_integer_labels"
 # BatchNorm's settings, passed explicitly (they are the library's defaults: PyTorch's).
 BATCHNORM = {"convention": "pytorch", "momentum": 0.1, "eps": 1e-5}
 NETWORKS = {"plain": False, "bn": True}  # name: with BatchNorm
+CLAIMS = ("claim_1", "claim_2", "claim_2_population")
 # Reported beside claim 2's movement / spread, not decided on.
 DIAGNOSTICS = ("range_over_spread", "movement_over_spread_second_half", "displacement_over_spread")
 
@@ -81,6 +91,28 @@ SETUP = {
     "dtype": "float32",
     "unit": UNIT,
     "percentiles": list(PERCENTILES),
+}
+# The sensitivity analysis: each run changes one setting of the original run; the rest (data,
+# initial weights, minibatch order, eval_every) is the original's.
+SENSITIVITY = {
+    "budget_x5": {"steps_factor": 5},
+    "learning_rate_x1_3": {"learning_rate": LEARNING_RATE / 3},
+    "learning_rate_x3": {"learning_rate": 3 * LEARNING_RATE},
+    "momentum_0_01": {"momentum": 0.01},
+}
+SENSITIVITY_SETTINGS = {
+    "budget_x5": f"the training budget x5: 5 times the steps ({5 * STEPS} instead of {STEPS} in "
+    f"the full run), recorded every eval_every ({EVAL_EVERY}) steps as the original",
+    "learning_rate_x1_3": f"the learning rate x1/3: {LEARNING_RATE / 3:.4g} instead of "
+    f"{LEARNING_RATE:g}, for both networks",
+    "learning_rate_x3": f"the learning rate x3: {3 * LEARNING_RATE:g} instead of "
+    f"{LEARNING_RATE:g}, for both networks",
+    "momentum_0_01": f"BatchNorm's momentum 0.01 instead of {BATCHNORM['momentum']:g}: the "
+    "running statistics average the minibatch statistics over about 1/momentum steps (100 "
+    "instead of 10), so the momentum sets how much of the 60-example batches' noise, and how "
+    "much lag, reaches the percentiles read with the running statistics, the setting claim 2 "
+    "with those statistics most likely depends on (Algorithm 2's statistics do not use it); "
+    "the network without BN has no running statistics, its run is the original's",
 }
 RULES = {
     "steps_to_target": "the first recorded step (multiples of eval_every) at which the test "
@@ -106,6 +138,11 @@ RULES = {
     "evaluations only; net displacement |p[last] - p[first after step 0]| / spread; and, for "
     "the BN network, the same measures when BN normalises the test set with the test set's own "
     "batch statistics (train-mode BN, state discarded) instead of the running statistics",
+    "sensitivity": common.sensitivity_rule(SENSITIVITY_SETTINGS)
+    + "; the analysis runs when any of claim_1, claim_2, claim_2_population does not hold, and "
+    "each claim that does not hold is decided on the variants by its own rule; quick mode does "
+    "not run it",
+    "sensitivity_variants": SENSITIVITY,
     "movement_note": "total movement counts the fluctuation between evaluations as well as the "
     "drift, so a curve that jitters around a fixed level can travel further than one that "
     "drifts smoothly; the reported diagnostics separate the two",
@@ -151,6 +188,20 @@ LABELS = {
     "claim_2_population_holds_at_every_rate": "claim 2 holds with population statistics at "
     "every swept learning rate",
     "final_accuracy_population": "final test accuracy, BN with population statistics",
+    "sensitivity": "sensitivity of the claims that do not hold",
+    "run": "run (false: not run)",
+    "reason": "why not run",
+    "negative_claims": "the claims that do not hold",
+    "variants": "variants",
+    "setting": "the one setting changed",
+    "change": "the change",
+    "learning_rate": "learning rate",
+    "momentum": "BatchNorm momentum",
+    "original": "original run",
+    "budget_x5": "budget x5",
+    "learning_rate_x1_3": "learning rate x1/3",
+    "learning_rate_x3": "learning rate x3",
+    "momentum_0_01": "momentum 0.01",
     **{key: f"{q}th percentile" for key, q in zip(Q, PERCENTILES, strict=True)},
 }
 
@@ -185,14 +236,17 @@ def _batches(n_train: int, steps: int) -> np.ndarray:
     return np.concatenate(idx)[:steps].astype(np.int32)
 
 
-def networks(n_features: int) -> dict[str, Network]:
-    """Both networks, initialised; the BN one starts from the plain one's dense weights."""
+def networks(n_features: int, momentum: float = BATCHNORM["momentum"]) -> dict[str, Network]:
+    """Both networks, initialised; the BN one starts from the plain one's dense weights.
+
+    ``momentum``: BatchNorm's (``BATCHNORM``'s unless a sensitivity run changes it); it enters
+    the running statistics only, never the initial weights."""
     nets = {}
     for name, use_bn in NETWORKS.items():
         net = mlp(
             [*HIDDEN, CLASSES],
             "sigmoid",
-            batchnorm=dict(BATCHNORM) if use_bn else False,
+            batchnorm={**BATCHNORM, "momentum": momentum} if use_bn else False,
             w_init=W_INIT,
             param_dtype=jnp.float32,
         )
@@ -244,8 +298,12 @@ def _trainer(net: Layer, learning_rate: float):
     return optimizer, steps
 
 
-def _train(nets, data, idx, learning_rate: float, eval_every: int) -> dict[str, Any]:
-    """Train both networks on the same minibatches; record every eval_every steps."""
+def _train(
+    nets, data, idx, learning_rate: float, eval_every: int, label: str = ""
+) -> dict[str, Any]:
+    """Train the networks ``nets`` on the same minibatches; record every eval_every steps.
+
+    ``label`` prefixes the progress bars' descriptions."""
     x_train, y_train = jnp.asarray(data["x_train"]), jnp.asarray(data["y_train"])
     # Algorithm 2's minibatches: the first epoch's, each full batch of the training set once.
     population = data["x_train"][_batches(len(data["x_train"]), POPULATION_BATCHES)]
@@ -261,7 +319,7 @@ def _train(nets, data, idx, learning_rate: float, eval_every: int) -> dict[str, 
         train_loss = None
         # The bar advances per evaluation: eval_every training steps and one test-set pass.
         evaluations = range(len(idx) // eval_every + 1)
-        desc = f"lr {learning_rate:g}, {name} network"
+        desc = f"{label}lr {learning_rate:g}, {name} network"
         for c in common.progress(evaluations, desc, unit="eval"):
             if c:
                 chunk = jnp.asarray(idx[(c - 1) * eval_every : c * eval_every])
@@ -360,13 +418,21 @@ def decide(runs: dict[str, Any]) -> dict[str, Any]:
     return {"claim_1": claim_1, "claim_2": claim_2, "claim_2_population": claim_2_population}
 
 
+def _check_steps(steps: int, eval_every: int) -> None:
+    if steps % eval_every:
+        raise ValueError(f"steps ({steps}) must be a multiple of eval_every ({eval_every}).")
+
+
+def _rates(sweep: Sequence[float]) -> list[float]:
+    return [LEARNING_RATE, *(lr for lr in sweep if lr != LEARNING_RATE)]
+
+
 def run(
     steps: int = STEPS, eval_every: int = EVAL_EVERY, sweep: Sequence[float] = SWEEP_LEARNING_RATES
 ) -> dict[str, Any]:
     """Train, record and decide. Returns a JSON-ready dict."""
-    if steps % eval_every:
-        raise ValueError(f"steps ({steps}) must be a multiple of eval_every ({eval_every}).")
-    rates = [LEARNING_RATE, *(lr for lr in sweep if lr != LEARNING_RATE)]
+    _check_steps(steps, eval_every)
+    rates = _rates(sweep)
     with jax.enable_x64(False):  # float32 by construction, whatever the global setting
         data = digits()
         nets = networks(data["x_train"].shape[1])
@@ -416,12 +482,96 @@ def run(
     }
 
 
+# What a sensitivity run keeps of its records: what the claims' rules read (and the timing);
+# its decisions, diagnostics included, are decided on the whole records.
+KEPT = (
+    "step",
+    "test_accuracy",
+    "percentiles",
+    "test_accuracy_population",
+    "percentiles_population",
+    "seconds",
+)
+NOT_NEEDED = "every claim holds: the sensitivity analysis runs only for a claim that does not hold"
+QUICK_SKIP = (
+    "quick mode: the sensitivity analysis trains both networks four more times (one of them "
+    "for 5 times the steps), which would more than double the quick run; the full run records it"
+)
+
+
+def sensitivity_runs(steps: int, eval_every: int, original: dict[str, Any]) -> dict[str, Any]:
+    """Train and decide each variant of ``SENSITIVITY``, by :func:`decide` unchanged.
+
+    Each variant is the original run (``steps``, ``eval_every``, learning rate ``LEARNING_RATE``,
+    the same data, initial weights and minibatch order) with one setting changed. The momentum
+    variant trains the BN network only: momentum enters BatchNorm's running statistics, and
+    the plain network's run is ``original["plain"]`` (the original run's records, of the same
+    ``steps`` and ``eval_every``).
+
+    Returns:
+      ``{name: {"setting", "change", "steps", "learning_rate", "momentum", "runs" (the records
+      decide() reads), "decisions"}}``.
+    """
+    _check_steps(steps, eval_every)
+    if len(original["plain"]["step"]) != steps // eval_every + 1:
+        raise ValueError(
+            f"sensitivity_runs: the original run has {len(original['plain']['step'])} "
+            f"evaluations, expected {steps // eval_every + 1} for steps={steps}, "
+            f"eval_every={eval_every}."
+        )
+    out: dict[str, Any] = {}
+    with jax.enable_x64(False):  # float32 by construction, as the original
+        data = digits()
+        for name, change in SENSITIVITY.items():
+            n_steps = steps * change.get("steps_factor", 1)
+            lr = change.get("learning_rate", LEARNING_RATE)
+            momentum = change.get("momentum", BATCHNORM["momentum"])
+            nets = networks(data["x_train"].shape[1], momentum)
+            idx = _batches(len(data["x_train"]), n_steps)
+            if momentum != BATCHNORM["momentum"]:
+                bn = _train({"bn": nets["bn"]}, data, idx, lr, eval_every, f"{name}: ")
+                runs = {"plain": original["plain"], **bn}
+            else:
+                runs = _train(nets, data, idx, lr, eval_every, f"{name}: ")
+            out[name] = {
+                "setting": SENSITIVITY_SETTINGS[name],
+                "change": change,
+                "steps": n_steps,
+                "learning_rate": lr,
+                "momentum": momentum,
+                "runs": {n: {k: r[k] for k in KEPT if k in r} for n, r in runs.items()},
+                "decisions": decide(runs),
+            }
+    return out
+
+
+def sensitivity(result: dict[str, Any], *, quick: bool = False) -> dict[str, Any]:
+    """The sensitivity analysis of the claims that do not hold (``RULES["sensitivity"]``).
+
+    Returns:
+      ``{"run": True, "negative_claims": [the claims that do not hold], "variants":
+      sensitivity_runs(...)}``, or ``{"run": False, "reason": ...}`` when every claim holds
+      or in ``quick`` mode.
+    """
+    failing = [k for k in CLAIMS if not result["decisions"][k]["holds"]]
+    if not failing:
+        return {"run": False, "reason": NOT_NEEDED}
+    if quick:
+        return {"run": False, "reason": QUICK_SKIP}
+    setup = result["setup"]
+    variants = sensitivity_runs(setup["steps"], setup["eval_every"], result["runs"])
+    return {"run": True, "negative_claims": failing, "variants": variants}
+
+
 def figure(result: dict[str, Any]) -> Figure:
     """(a) test accuracy against steps; (b, c, d) the tracked input's percentiles: without BN,
-    with BN evaluated with the running statistics, with Algorithm 2's population statistics."""
+    with BN evaluated with the running statistics, with Algorithm 2's population statistics;
+    (e) when the sensitivity analysis ran, claim 2's ratios in the original run and each
+    variant."""
     runs, claims = result["runs"], result["decisions"]
-    fig = plots.figure((19, 5.8))
-    a, b, c, d = fig.subplots(1, 4)
+    analysis = result.get("sensitivity") or {}
+    fig = plots.figure((24, 5.8) if analysis.get("run") else (19, 5.8))
+    a, b, c, d, *e = fig.subplots(1, 5 if analysis.get("run") else 4)
     verdict = {n: "holds" if claims[n]["holds"] else "does not hold" for n in claims}
     fig.suptitle(
         "Ioffe & Szegedy (2015) Fig. 1 on sklearn digits: 3x100 sigmoid MLP, SGD lr "
@@ -485,7 +635,41 @@ def figure(result: dict[str, Any]) -> Figure:
         ax.set_ylabel(f"{layer} output ({words})")
         ax.legend(loc="upper center", ncol=2, fontsize=7)
         ax.grid(alpha=0.3)
+    if e:
+        _sensitivity_panel(e[0], result)
     return fig
+
+
+def _sensitivity_panel(ax, result: dict[str, Any]) -> None:
+    """Claim 2's rule as ratios: BN's movement / spread over the plain network's, per
+    percentile, for the original run and each variant; the rule holds when all three are < 1."""
+    decisions = {
+        "original": result["decisions"],
+        **{k: v["decisions"] for k, v in result["sensitivity"]["variants"].items()},
+    }
+    markers = dict(zip(Q, ("v", "o", "^"), strict=True))
+    top = 1.0
+    for i, d in enumerate(decisions.values()):
+        plain = d["claim_2"]["plain"]["movement_over_spread"]
+        for j, q in enumerate(Q):
+            x = i + (j - 1) * 0.15
+            bn = d["claim_2"]["bn"]["movement_over_spread"][q] / plain[q]
+            pop = d["claim_2_population"]["bn_population"]["movement_over_spread"][q] / plain[q]
+            labels = (f"running statistics, {q}", f"Algorithm 2, {q}") if i == 0 else ("", "")
+            top = max(top, bn, pop)
+            ax.plot(x, bn, markers[q], color="tab:blue", label=labels[0] or None)
+            ax.plot(x, pop, markers[q], color="tab:green", mfc="none", label=labels[1] or None)
+    ax.axhline(1, color="k", lw=1, ls=":", label="claim 2 holds: all three below 1")
+    ax.set_ylim(0, 1.5 * top)  # room for the legend
+    ax.set_xticks(range(len(decisions)), [LABELS[k] for k in decisions], rotation=20, fontsize=8)
+    ax.set_ylabel(f"{LABELS['movement_over_spread']}: BN / without BN")
+    ax.set_title(
+        "(e) sensitivity: claim 2's rule in the original run\nand in runs that each change one "
+        "setting",
+        fontsize=10,
+    )
+    ax.legend(loc="upper center", ncol=2, fontsize=7)
+    ax.grid(alpha=0.3)
 
 
 def report(result: dict[str, Any]) -> str:
@@ -555,54 +739,143 @@ def report(result: dict[str, Any]) -> str:
             common.table(claim_rows, ("", *(LABELS[k] for k in stability))),
             "learning-rate sweep (all else the same):",
             common.table(sweep, (*sweep_header, *holds)),
+            *_sensitivity_lines(result),
         ]
+    )
+
+
+def _sensitivity_lines(result: dict[str, Any]) -> list[str]:
+    """The sensitivity analysis' table (the original run and each variant), or why it did not
+    run; with the robustness sentences when the claims are there."""
+    analysis = result.get("sensitivity")
+    if not analysis:
+        return []
+    if not analysis["run"]:
+        return [f"{LABELS['sensitivity']}: {LABELS['reason']} ({analysis['reason']})"]
+    original = {
+        "steps": result["setup"]["steps"],
+        "learning_rate": LEARNING_RATE,
+        "momentum": BATCHNORM["momentum"],
+        "decisions": result["decisions"],
+    }
+
+    def triple(d: dict[str, float]) -> str:
+        return ", ".join(f"{d[q]:.2f}" for q in Q)
+
+    rows = []
+    for name, v in {"original": original, **analysis["variants"]}.items():
+        d = v["decisions"]
+        rows.append(
+            (
+                LABELS[name],
+                v["steps"],
+                f"{v['learning_rate']:.4g}",
+                f"{v['momentum']:g}",
+                triple(d["claim_2"]["plain"]["movement_over_spread"]),
+                triple(d["claim_2"]["bn"]["movement_over_spread"]),
+                triple(d["claim_2_population"]["bn_population"]["movement_over_spread"]),
+                *(d[k]["holds"] for k in CLAIMS),
+            )
+        )
+    header = (
+        "",
+        "steps",
+        "lr",
+        "momentum",
+        f"{LABELS['movement_over_spread']}: {LABELS['plain']}",
+        LABELS["bn"],
+        LABELS["bn_population"],
+        *(LABELS[f"{k}_holds"] for k in CLAIMS),
+    )
+    sentences = [
+        f"{c['claim']}: {c['robustness']['sentence']}"
+        for c in result.get("claims", [])
+        if "robustness" in c
+    ]
+    return [
+        f"{LABELS['sensitivity']} ({', '.join(analysis['negative_claims'])}; the same rules, each run "
+        "changes one setting):",
+        common.table(rows, header),
+        *(f"  {name}: {v['setting']}" for name, v in analysis["variants"].items()),
+        *sentences,
+    ]
+
+
+def _evidence(claim: str, decisions: dict[str, Any], steps: int, learning_rate: float) -> str:
+    """The numbers ``claim``'s rule was applied to, in one sentence."""
+
+    def triple(d: dict[str, float]) -> str:
+        return ", ".join(f"{d[q]:.2f}" for q in Q)
+
+    c1, c2, c2p = (decisions[k] for k in CLAIMS)
+    plain = triple(c2["plain"]["movement_over_spread"])
+    if claim == "claim_1":
+        return (
+            f"steps to {c1['target_accuracy']:.0%} test accuracy: {c1['steps_to_target']['bn']} "
+            f"with BN, {c1['steps_to_target']['plain']} without; final accuracy "
+            f"{c1['final_accuracy']['bn']:.4f} with BN, {c1['final_accuracy']['plain']:.4f} "
+            f"without ({steps} steps, lr {learning_rate:g})"
+        )
+    if claim == "claim_2":
+        return (
+            f"movement/spread of p15, p50, p85: {triple(c2['bn']['movement_over_spread'])} "
+            f"with BN against {plain} without"
+        )
+    return (
+        "movement/spread of p15, p50, p85: "
+        f"{triple(c2p['bn_population']['movement_over_spread'])} with BN against {plain} "
+        f"without; final test accuracy with population statistics "
+        f"{c2p['final_accuracy_population']:.4f}"
     )
 
 
 def claims(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The claims for ``report.md``, as :func:`decide` decided them: claim 2 twice, once with
-    each set of BatchNorm inference statistics, by the same rule."""
-    decisions = result["decisions"]
-    c1, c2, c2p = (decisions[k] for k in ("claim_1", "claim_2", "claim_2_population"))
+    each set of BatchNorm inference statistics, by the same rule; a claim that does not hold
+    carries its sensitivity analysis when that ran (:func:`sensitivity`)."""
+    decisions, steps = result["decisions"], result["setup"]["steps"]
+    analysis = result.get("sensitivity") or {}
 
-    def triple(d: dict[str, float]) -> str:
-        return ", ".join(f"{d[q]:.2f}" for q in Q)
+    def robustness(claim: str) -> dict[str, Any] | None:
+        if decisions[claim]["holds"] or not analysis.get("run"):
+            return None
+        variants = [
+            common.variant(
+                name,
+                v["setting"],
+                v["decisions"][claim]["holds"],
+                _evidence(claim, v["decisions"], v["steps"], v["learning_rate"]),
+            )
+            for name, v in analysis["variants"].items()
+        ]
+        return common.robustness(decisions[claim]["holds"], variants)
 
-    plain = triple(c2["plain"]["movement_over_spread"])
     claim_2 = (
         "Ioffe & Szegedy, Figure 1(b, c): with BatchNorm the distribution of a sigmoid's "
         "input (its 15th, 50th, 85th percentiles) moves less during training"
     )
+    texts = {
+        "claim_1": "Ioffe & Szegedy, Figure 1(a): with BatchNorm the network trains faster and "
+        "to a higher accuracy",
+        "claim_2": f"{claim_2}; BN evaluated with its running statistics (momentum average)",
+        "claim_2_population": f"{claim_2}; BN evaluated with the paper's Algorithm 2 "
+        "population statistics",
+    }
+    panels = {
+        "claim_1": "panel (a)",
+        "claim_2": "panels (b, c)",
+        "claim_2_population": "panels (b, d)",
+    }
     return [
         common.claim(
-            "Ioffe & Szegedy, Figure 1(a): with BatchNorm the network trains faster and to a "
-            "higher accuracy",
-            RULES["claim_1"],
-            c1["holds"],
-            f"steps to {c1['target_accuracy']:.0%} test accuracy: {c1['steps_to_target']['bn']} "
-            f"with BN, {c1['steps_to_target']['plain']} without; final accuracy "
-            f"{c1['final_accuracy']['bn']:.4f} with BN, {c1['final_accuracy']['plain']:.4f} "
-            f"without ({result['setup']['steps']} steps, lr {LEARNING_RATE})",
-            f"{NAME}.png, panel (a)",
-        ),
-        common.claim(
-            f"{claim_2}; BN evaluated with its running statistics (momentum average)",
-            RULES["claim_2"],
-            c2["holds"],
-            f"movement/spread of p15, p50, p85: {triple(c2['bn']['movement_over_spread'])} "
-            f"with BN against {plain} without",
-            f"{NAME}.png, panels (b, c)",
-        ),
-        common.claim(
-            f"{claim_2}; BN evaluated with the paper's Algorithm 2 population statistics",
-            RULES["claim_2_population"],
-            c2p["holds"],
-            "movement/spread of p15, p50, p85: "
-            f"{triple(c2p['bn_population']['movement_over_spread'])} with BN against {plain} "
-            f"without; final test accuracy with population statistics "
-            f"{c2p['final_accuracy_population']:.4f}",
-            f"{NAME}.png, panels (b, d)",
-        ),
+            texts[k],
+            RULES[k],
+            decisions[k]["holds"],
+            _evidence(k, decisions, steps, LEARNING_RATE),
+            f"{NAME}.png, {panels[k]}",
+            robustness=robustness(k),
+        )
+        for k in CLAIMS
     ]
 
 
@@ -620,11 +893,23 @@ def main(
 ) -> dict[str, Any]:
     """Run the experiment; write ``batchnorm_ioffe_digits.json`` and ``.png``; print the report.
 
-    ``quick=True`` runs :data:`QUICK` (the numbers are then not the paper's comparison).
+    The setup and the rules are written to ``batchnorm_ioffe_digits.json`` first
+    (:func:`common.preregister`). ``quick=True`` runs :data:`QUICK` (the numbers are then not
+    the paper's comparison) and no sensitivity analysis.
     """
     if quick:
         steps, eval_every, sweep = QUICK["steps"], QUICK["eval_every"], QUICK["sweep"]
+    _check_steps(steps, eval_every)
+    setup = {
+        **SETUP,
+        "steps": steps,
+        "eval_every": eval_every,
+        "sweep_learning_rates": sorted(_rates(sweep)),
+        "quick": quick,
+    }
+    common.preregister(NAME, out_dir, setup, RULES)
     result = run(steps, eval_every, sweep)
+    result["sensitivity"] = sensitivity(result, quick=quick)
     result = {**result, "quick": quick, "claims": claims(result)}
     return common.publish(NAME, out_dir, result, LABELS, report(result), figure(result))
 

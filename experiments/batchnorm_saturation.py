@@ -30,7 +30,18 @@ sigmoid's output. The experiment measures the mean, the variance and the fractio
 evaluated on the test set with Algorithm 2's population statistics,
 :func:`jaxnn.batchnorm.population_statistics`).
 
-docs/experiments.md (`batchnorm_saturation`) says what the numbers show. Writes ``batchnorm_saturation.json`` and ``.png``;
+**Sensitivity of that verdict** (``SENSITIVITY``, fixed in ``RULES`` before the run): when it
+does not hold, the same rule is applied to runs that each change one setting: the trained
+network's budget x5 (150 epochs), its learning rate x1/3 and x3, and the wide sample's shape,
+``75 + 15 (1 − E)`` with ``E ~ Exponential(1)`` (the same mean and standard deviation, skewed
+to the left). Standardisation removes the location and the scale, so the share of ``x̂``
+inside [0, 1] depends on the data's shape alone: ``Φ(1) − Φ(0) ≈ 0.341`` for a normal, and for
+the skewed sample ``x̂ ≈ 1 − E``, inside [0, 1] with probability ``1 − 1/e ≈ 0.632``. No shape
+puts every value there: a batch of n ≥ 2 values standardised with its own statistics has mean
+0 and variance ``var/(var + ε)``, and values in [0, 1] with mean 0 are all 0, with variance 0.
+
+docs/experiments.md (`batchnorm_saturation`) says what the numbers show. Writes
+``batchnorm_saturation.json`` and ``.png``;
 run it with ``jaxnn reproduce`` or ``python -m jaxnn_experiments.batchnorm_saturation``. The
 results do not depend on ``jax_enable_x64`` (each part sets the precision it needs).
 """
@@ -38,6 +49,7 @@ results do not depend on ``jax_enable_x64`` (each part sets the precision it nee
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +90,36 @@ TRAINED = {
     "seed": SEED,
     "loss": "softmax_cross_entropy_with_integer_labels",
 }
+# The setup fixed before the run (run() adds the sample's measured mean and std).
+SETUP = {
+    "pair": list(PAIR),
+    "sample": {"size": SAMPLE_SIZE, "mean": SAMPLE_MEAN, "std": SAMPLE_STD, "seed": SEED},
+    "batchnorm": {"mode": "train", "gamma": 1.0, "beta": 0.0, "eps": EPS},
+    "rtol": RTOL,
+}
+# The sensitivity analysis of the "0-1 interval" verdict: each run changes one setting, of the
+# trained network (TRAINED) or of the wide sample; the parts it does not change are the
+# original run's. P(0 <= 1 - E <= 1) = 1 - 1/e for E ~ Exponential(1).
+SKEWED_IN_UNIT_INTERVAL = 1 - math.exp(-1)
+SENSITIVITY = {
+    "budget_x5": {"epochs": 5 * TRAINED["epochs"]},
+    "learning_rate_x1_3": {"learning_rate": TRAINED["learning_rate"] / 3},
+    "learning_rate_x3": {"learning_rate": 3 * TRAINED["learning_rate"]},
+    "skewed_sample": {"sample": "75 + 15 (1 - E), E ~ Exponential(1)"},
+}
+SENSITIVITY_SETTINGS = {
+    "budget_x5": f"the trained network's budget x5: {5 * TRAINED['epochs']} epochs instead of "
+    f"{TRAINED['epochs']}",
+    "learning_rate_x1_3": "the trained network's learning rate x1/3: "
+    f"{TRAINED['learning_rate'] / 3:.4g} instead of {TRAINED['learning_rate']:g}",
+    "learning_rate_x3": "the trained network's learning rate x3: "
+    f"{3 * TRAINED['learning_rate']:g} instead of {TRAINED['learning_rate']:g}",
+    "skewed_sample": "the wide sample's shape, the setting the share inside [0, 1] depends on "
+    "(standardisation removes location and scale, not shape): 75 + 15 (1 - E) with E ~ "
+    "Exponential(1), numpy default_rng(SEED), the same mean 75 and std 15 skewed to the left, "
+    f"instead of N(75, 15²); a standardised normal lies inside [0, 1] with probability "
+    f"{NORMAL_IN_UNIT_INTERVAL:.3f}, this shape with 1 - 1/e = {SKEWED_IN_UNIT_INTERVAL:.3f}",
+}
 
 RULES = {
     "upstream_gradient": "L = Σ_i w_i σ(z_i), w ~ N(0, 1) seeded (numpy default_rng(SEED)); "
@@ -93,6 +135,10 @@ RULES = {
     "0-1 interval' holds if every normalised value lies inside [0, 1]: x̂ of the wide sample "
     "(γ = 1, β = 0), and x̂ and γ x̂ + β of every BatchNorm layer of the trained network on "
     "the test set",
+    "sensitivity": common.sensitivity_rule(SENSITIVITY_SETTINGS)
+    + "; the parts of the rule a variant does not change (the sample, or the trained network) "
+    "are the original run's numbers; quick mode does not run it (three more trainings)",
+    "sensitivity_variants": SENSITIVITY,
     "float32_subnormals": "XLA on CPU flushes float32 subnormal results to zero; a derivative "
     "whose exact value is below float32's smallest normal "
     f"({float(np.finfo(np.float32).tiny):.3e}) may therefore come out as exactly 0",
@@ -152,6 +198,19 @@ LABELS = {
     "test_accuracy": "test accuracy",
     "layers": "BatchNorm layers",
     "claim_unit_interval": "every normalised value inside [0, 1]",
+    "sensitivity": "sensitivity of the 0-1 interval verdict",
+    "sample_landing": "the wide sample's x̂ (float32)",
+    "holds": "holds",
+    "run": "run (false: not run)",
+    "reason": "why not run",
+    "variants": "variants",
+    "setting": "the one setting changed",
+    "change": "the change",
+    "original": "original run",
+    "budget_x5": "budget x5",
+    "learning_rate_x1_3": "learning rate x1/3",
+    "learning_rate_x3": "learning rate x3",
+    "skewed_sample": "skewed sample",
     "reading": "what BatchNorm does",
 }
 READING = (
@@ -164,6 +223,13 @@ READING = (
     "saturating at 1. Rescaling data into [0, 1] is min-max normalisation, a different "
     "transform, usually applied to a network's inputs (e.g. pixels / 255)"
 )
+
+
+def skewed_sample() -> np.ndarray:
+    """The ``skewed_sample`` variant's wide sample: ``SAMPLE_MEAN + SAMPLE_STD (1 − E)``,
+    ``E ~ Exponential(1)`` (numpy ``default_rng(SEED)``): mean 75, std 15, skewed left."""
+    e = np.random.default_rng(SEED).exponential(1.0, SAMPLE_SIZE)
+    return SAMPLE_MEAN + SAMPLE_STD * (1 - e)
 
 
 def inputs() -> dict[str, dict[str, np.ndarray]]:
@@ -262,16 +328,17 @@ def _spread(values: Any) -> list[float]:
     return [float(np.min(v)), float(np.mean(v)), float(np.max(v))]
 
 
-def trained() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Train ``TRAINED``; measure where each BatchNorm layer's x̂ and y = γ x̂ + β land.
+def trained(
+    cfg: Mapping[str, Any] = TRAINED, desc: str = "trained network"
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Train ``cfg`` (``TRAINED``); measure where each BatchNorm layer's x̂ and y = γ x̂ + β land.
 
     Trained with :func:`jaxnn.fitting.fit` on :func:`jaxnn.data.digits` (float32), then
     evaluated on the test set with the population statistics of the training set's full
     minibatches (Ioffe & Szegedy's Algorithm 2). ``x̂`` is the layer itself applied with
     γ = 1, β = 0 to its input; ``y`` is its output. Returns the JSON-ready measures and the
-    arrays to plot (the last BatchNorm layer's x̂ and y).
+    arrays to plot (the last BatchNorm layer's x̂ and y). ``desc`` names the progress bar.
     """
-    cfg = TRAINED
     with jax.enable_x64(False):
         data = digits(seed=cfg["seed"])
         net = mlp(
@@ -286,7 +353,7 @@ def trained() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         ts = TrainState.create(
             net, optimizer, jax.random.key(cfg["seed"]), (m, data.train.x.shape[1])
         )
-        bar = iter(common.progress(range(cfg["epochs"] + 1), "trained network", unit="epoch"))
+        bar = iter(common.progress(range(cfg["epochs"] + 1), desc, unit="epoch"))
         next(bar)
         result = fit(
             net,
@@ -431,13 +498,7 @@ def run() -> tuple[dict[str, Any], dict[str, Any]]:
     data = inputs()
     x = data["sample"]["x"]
     result: dict[str, Any] = {
-        "setup": {
-            "pair": list(PAIR),
-            "sample": {"size": SAMPLE_SIZE, "mean": SAMPLE_MEAN, "std": SAMPLE_STD, "seed": SEED},
-            "sample_mean_std": [float(np.mean(x)), float(np.std(x))],
-            "batchnorm": {"mode": "train", "gamma": 1.0, "beta": 0.0, "eps": EPS},
-            "rtol": RTOL,
-        },
+        "setup": {**SETUP, "sample_mean_std": [float(np.mean(x)), float(np.std(x))]},
         "rules": RULES,
         "pair": {},
         "sample": {},
@@ -637,8 +698,52 @@ def report(result: dict[str, Any]) -> str:
                 ("", LABELS["mean"], LABELS["var"], LABELS["fraction_in_unit_interval"]),
             ),
             f"{LABELS['reading']}: {result['reading']}",
+            *_sensitivity_lines(result),
         ]
     )
+
+
+def _sensitivity_lines(result: dict[str, Any]) -> list[str]:
+    """The sensitivity analysis' table (fraction inside [0, 1] per variant), or why it did not
+    run; with the robustness sentence when the claims are there."""
+    analysis = result.get("sensitivity")
+    if not analysis:
+        return []
+    if not analysis["run"]:
+        return [f"{LABELS['sensitivity']}: {LABELS['reason']} ({analysis['reason']})"]
+    layers = list(result["trained"]["layers"])
+    original = {
+        "sample_landing": result["sample"]["float32"]["bn"]["landing"],
+        "test_accuracy": result["trained"]["test_accuracy"],
+        "layers": result["trained"]["layers"],
+        "holds": unit_interval_holds(
+            result["sample"]["float32"]["bn"]["landing"], result["trained"]["layers"]
+        ),
+    }
+    rows = [
+        (
+            LABELS[name],
+            f"{v['sample_landing']['fraction_in_unit_interval']:.3f}",
+            *(
+                f"{v['layers'][k]['x_hat_landing']['fraction_in_unit_interval']:.3f}, "
+                f"{v['layers'][k]['y_landing']['fraction_in_unit_interval']:.3f}"
+                for k in layers
+            ),
+            f"{v['test_accuracy']:.4f}",
+            "holds" if v["holds"] else "does not hold",
+        )
+        for name, v in {"original": original, **analysis["variants"]}.items()
+    ]
+    sentences = [c["robustness"]["sentence"] for c in result.get("claims", []) if "robustness" in c]
+    return [
+        f"{LABELS['sensitivity']} (fraction inside [0, 1]; the rule: all of them 1):",
+        common.table(
+            rows,
+            ("", "sample x̂", *(f"{k}: x̂, γ x̂ + β" for k in layers), "test accuracy", "rule"),
+        ),
+        *(f"  {name}: {v['setting']}" for name, v in analysis["variants"].items()),
+        *sentences,
+    ]
 
 
 def _landing_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -689,38 +794,115 @@ def claims(result: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _unit_interval_claim(result: dict[str, Any]) -> dict[str, Any]:
-    """The source text's "0-1 interval", decided on float32 and the trained network."""
-    sample = result["sample"]["float32"]["bn"]["landing"]["fraction_in_unit_interval"]
-    layers = result["trained"]["layers"]
-    fractions = [sample] + [
+def unit_interval_holds(sample_landing: dict[str, float], layers: dict[str, Any]) -> bool:
+    """``RULES["claim_unit_interval"]``: every fraction inside [0, 1] is 1, for the sample's
+    x̂ (float32) and for x̂ and γ x̂ + β of every BatchNorm layer of the trained network."""
+    fractions = [sample_landing["fraction_in_unit_interval"]] + [
         layer[part]["fraction_in_unit_interval"]
         for layer in layers.values()
         for part in ("x_hat_landing", "y_landing")
     ]
-    trained = "; ".join(
+    return all(f == 1.0 for f in fractions)
+
+
+def _layer_fractions(layers: dict[str, Any]) -> str:
+    return "; ".join(
         f"{key}: x̂ {layer['x_hat_landing']['fraction_in_unit_interval']:.3f}, γ x̂ + β "
         f"{layer['y_landing']['fraction_in_unit_interval']:.3f}"
         for key, layer in layers.items()
     )
+
+
+NOT_NEEDED = "the claim holds: the sensitivity analysis runs only for a claim that does not hold"
+QUICK_SKIP = (
+    "quick mode: the sensitivity analysis trains the network three more times, which would "
+    "double the quick run; the full run records it"
+)
+
+
+def sensitivity(result: dict[str, Any], *, quick: bool = False) -> dict[str, Any]:
+    """The sensitivity analysis of the "0-1 interval" verdict (``RULES["sensitivity"]``).
+
+    Run only when :func:`unit_interval_holds` is false for ``result`` and not ``quick``;
+    otherwise ``{"run": False, "reason": ...}``. Each variant of ``SENSITIVITY`` changes one
+    setting: the trained network's (``TRAINED`` updated, trained again) or the wide sample's
+    shape (:func:`skewed_sample`, standardised by BatchNorm in float32 as the original); the
+    part it does not change is the original's. The rule is applied to each, unchanged.
+
+    Returns:
+      ``{"run": True, "variants": {name: {"setting", "change", "sample_landing",
+      "test_accuracy", "layers", "holds"}}}``.
+    """
+    original_sample = result["sample"]["float32"]["bn"]["landing"]
+    original = result["trained"]
+    if unit_interval_holds(original_sample, original["layers"]):
+        return {"run": False, "reason": NOT_NEEDED}
+    if quick:
+        return {"run": False, "reason": QUICK_SKIP}
+    variants = {}
+    for name, change in SENSITIVITY.items():
+        sample, measured = original_sample, original
+        if "sample" in change:
+            w = inputs()["sample"]["w"]
+            sample = _landing(_compute("float32", skewed_sample(), w)["bn"]["x_hat"])
+        else:
+            measured, _ = trained({**TRAINED, **change}, desc=f"variant {name}")
+        variants[name] = {
+            "setting": SENSITIVITY_SETTINGS[name],
+            "change": change,
+            "sample_landing": sample,
+            "test_accuracy": measured["test_accuracy"],
+            "layers": measured["layers"],
+            "holds": unit_interval_holds(sample, measured["layers"]),
+        }
+    return {"run": True, "variants": variants}
+
+
+def _unit_interval_claim(result: dict[str, Any]) -> dict[str, Any]:
+    """The source text's "0-1 interval", decided on float32 and the trained network, with
+    its sensitivity analysis when that ran."""
+    landing = result["sample"]["float32"]["bn"]["landing"]
+    sample = landing["fraction_in_unit_interval"]
+    layers = result["trained"]["layers"]
+    holds = unit_interval_holds(landing, layers)
+    analysis = result.get("sensitivity") or {}
+    robustness = None
+    if analysis.get("run"):
+        variants = [
+            common.variant(
+                name,
+                v["setting"],
+                v["holds"],
+                f"fraction inside [0, 1]: the sample's x̂ "
+                f"{v['sample_landing']['fraction_in_unit_interval']:.3f}; trained network "
+                f"(test accuracy {v['test_accuracy']:.3f}) {_layer_fractions(v['layers'])}",
+            )
+            for name, v in analysis["variants"].items()
+        ]
+        robustness = common.robustness(holds, variants)
     return common.claim(
         "BatchNorm redistributes all the data into the 0-1 interval, so that the sigmoid maps "
         "each value faithfully into 0-1",
         RULES["claim_unit_interval"],
-        all(f == 1.0 for f in fractions),
+        holds,
         f"fraction inside [0, 1]: the sample's x̂ {sample:.3f} (a standard normal: "
-        f"{NORMAL_IN_UNIT_INTERVAL:.3f}); trained network (digits test set) {trained}. "
-        f"{READING}",
+        f"{NORMAL_IN_UNIT_INTERVAL:.3f}); trained network (digits test set) "
+        f"{_layer_fractions(layers)}. {READING}",
         f"{NAME}.png, panels (e, f)",
+        robustness=robustness,
     )
 
 
 def main(out_dir: Path | str = "results", *, quick: bool = False) -> dict[str, Any]:
     """Run the experiment; write ``batchnorm_saturation.json`` and ``.png``; print the report.
 
-    ``quick`` changes nothing: the experiment takes about 15 seconds on 2 CPU cores.
+    The setup and the rules are written to ``batchnorm_saturation.json`` first
+    (:func:`common.preregister`). ``quick`` changes nothing but skip the sensitivity analysis
+    (:func:`sensitivity`): the experiment then takes about 15 seconds on 2 CPU cores.
     """
+    common.preregister(NAME, out_dir, {**SETUP, "trained": TRAINED}, RULES)
     result, arrays = run()
+    result["sensitivity"] = sensitivity(result, quick=quick)
     result = {**result, "quick": quick, "claims": claims(result)}
     return common.publish(NAME, out_dir, result, LABELS, report(result), figure(result, arrays))
 

@@ -10,7 +10,13 @@ under ``"labels"``, so a reader of the JSON has it too. An experiment's ``main``
         result = run()
         return common.publish(NAME, out_dir, result, LABELS, report(result), figure(result))
 
-and ``python -m jaxnn_experiments.<name> [out_dir]`` runs it through :func:`script`. A loop
+and ``python -m jaxnn_experiments.<name> [out_dir]`` runs it through :func:`script`. The rules
+are fixed before the run, and written before it: ``main`` first calls :func:`preregister`, which
+writes ``<name>.json`` holding only the setup and the rules, and :func:`publish` replaces it
+with the result when the run ends (a run that fails leaves the preregistration). A claim that
+does not hold carries a sensitivity analysis (:func:`variant`, :func:`robustness`): the same rule
+applied to runs that each change one setting, fixed before the run (:func:`sensitivity_rule`);
+the original verdict stays, and the analysis says whether it is robust. A loop
 that runs for more than a few seconds goes through :func:`progress`: a bar on stderr while it
 runs, shown only when stderr is a terminal and never inside :func:`silence_progress`
 (``jaxnn reproduce --quiet``); stdout holds the reports only.
@@ -34,11 +40,15 @@ from jaxnn_experiments import plots
 
 __all__ = [
     "claim",
+    "preregister",
     "progress",
     "publish",
+    "robustness",
     "script",
+    "sensitivity_rule",
     "silence_progress",
     "table",
+    "variant",
 ]
 
 DPI = 110
@@ -102,7 +112,14 @@ def _check_keys(tree: Any, where: str = "result") -> None:
             _check_keys(value, f"{where}[{i}]")
 
 
-def claim(text: str, rule: str, holds: bool, evidence: str, figure: str) -> dict[str, Any]:
+def claim(
+    text: str,
+    rule: str,
+    holds: bool,
+    evidence: str,
+    figure: str,
+    robustness: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """One claim of the source text and its computed verdict, for ``report.md``.
 
     Every experiment's result holds ``"claims": [claim(...), ...]``; ``jaxnn reproduce``
@@ -115,15 +132,84 @@ def claim(text: str, rule: str, holds: bool, evidence: str, figure: str) -> dict
       holds: the verdict the rule gives on this run's numbers (computed, never typed in).
       evidence: the numbers the rule was applied to, in one sentence.
       figure: the file (``<name>.png``) and panel that show it.
+      robustness: for a claim that does not hold, its sensitivity analysis
+        (:func:`robustness`); it never changes ``holds``.
     """
-    if not isinstance(holds, bool | np.bool_):
-        raise TypeError(f"claim: holds must be a bool computed by the rule, got {holds!r}.")
-    return {
+    _check_verdict(holds, "claim")
+    out = {
         "claim": text,
         "rule": rule,
         "holds": bool(holds),
         "evidence": evidence,
         "figure": figure,
+    }
+    if robustness is not None:
+        if robustness["holds"] != bool(holds):
+            raise ValueError(
+                f"claim: the sensitivity analysis is of a verdict {robustness['holds']}, the "
+                f"claim's is {bool(holds)}; pass the claim's own verdict to robustness()."
+            )
+        out["robustness"] = robustness
+    return out
+
+
+def _check_verdict(holds: Any, who: str) -> None:
+    if not isinstance(holds, bool | np.bool_):
+        raise TypeError(f"{who}: holds must be a bool computed by the rule, got {holds!r}.")
+
+
+def sensitivity_rule(variants: Mapping[str, str]) -> str:
+    """The sensitivity rule's words, for an experiment's ``RULES``, naming its ``variants``.
+
+    Args:
+      variants: identifier -> the one setting that run changes (e.g. ``{"budget_x5": "1000
+        epochs instead of 200"}``); the standard ones are the training budget x5 and the
+        learning rate x1/3 and x3, and the setting the claim most likely depends on.
+    """
+    listed = "; ".join(f"{name}: {setting}" for name, setting in variants.items())
+    return (
+        "when the claim does not hold, the same rule, unchanged, is applied to runs that each "
+        f"change one setting of the original ({listed}); the verdict is robust if the rule "
+        "gives the original verdict in every variant, and depends on the setup otherwise; the "
+        "original verdict is the claim's verdict either way"
+    )
+
+
+def variant(name: str, setting: str, holds: bool, evidence: str) -> dict[str, Any]:
+    """One run of a sensitivity analysis: what it changed, the rule's verdict, the numbers."""
+    _check_verdict(holds, "variant")
+    return {"variant": name, "setting": setting, "holds": bool(holds), "evidence": evidence}
+
+
+def robustness(holds: bool, variants: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A verdict's sensitivity analysis: its variants (:func:`variant`) and whether it stands.
+
+    Returns:
+      ``{"holds": the original verdict, "variants": [...], "robust": the rule gives the
+      original verdict in every variant, "sentence": that, in words, naming the variants}``.
+    """
+    _check_verdict(holds, "robustness")
+    if not variants:
+        raise ValueError("robustness: expected at least one variant, got none.")
+    word = {True: "holds", False: "does not hold"}
+    same = [v["variant"] for v in variants if v["holds"] == bool(holds)]
+    other = [v["variant"] for v in variants if v["holds"] != bool(holds)]
+    if not other:
+        sentence = (
+            f"Robust: the rule gives the original verdict ({word[bool(holds)]}) in every "
+            f"variant ({', '.join(same)})."
+        )
+    else:
+        sentence = (
+            f"Depends on the setup: the claim {word[not holds]} in {', '.join(other)}"
+            + (f", and {word[bool(holds)]} in {', '.join(same)}" if same else "")
+            + f"; the original verdict ({word[bool(holds)]}) stands as the rule decided it."
+        )
+    return {
+        "holds": bool(holds),
+        "variants": [dict(v) for v in variants],
+        "robust": not other,
+        "sentence": sentence,
     }
 
 
@@ -151,6 +237,47 @@ def table(
     )
 
 
+def preregister(
+    name: str, out_dir: Path | str, setup: Mapping[str, Any], rules: Mapping[str, Any]
+) -> Path:
+    """Write ``<name>.json`` holding the setup and the rules only, before any training.
+
+    The rules that decide the claims (criteria, grids, sensitivity settings) are then on disk
+    before the first result exists; :func:`publish` replaces the file with the whole result,
+    whose ``setup`` and ``rules`` must be these. A run that fails leaves this file.
+
+    Returns:
+      The path written.
+    """
+    record = {
+        "status": "preregistered: the setup and the rules, written before any training; the "
+        "run's result replaces this file when it ends",
+        "setup": dict(setup),
+        "rules": dict(rules),
+    }
+    _check_keys(record)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def _check_preregistered(path: Path, result: Mapping[str, Any]) -> None:
+    """The result's rules are the ones preregistered in ``path``, if a preregistration is there."""
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if not (isinstance(before, dict) and str(before.get("status", "")).startswith("preregistered")):
+        return
+    if before.get("rules") != json.loads(json.dumps(result.get("rules"))):
+        raise ValueError(
+            f"publish: the rules in the result differ from those preregistered in {path} "
+            "before the run. Rules are fixed before the run: decide with the preregistered ones."
+        )
+
+
 def publish(
     name: str,
     out_dir: Path | str,
@@ -165,13 +292,16 @@ def publish(
       ``result`` with ``labels`` added under ``"labels"``: what the JSON holds.
 
     Raises:
-      ValueError: a key of ``result`` or ``labels`` is not an identifier (nothing is written).
+      ValueError: a key of ``result`` or ``labels`` is not an identifier, or the rules differ
+        from those :func:`preregister` wrote into ``<name>.json`` before the run (nothing is
+        written).
     """
     result = {**result, "labels": dict(labels)}
     _check_keys(result)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / f"{name}.json"]
+    _check_preregistered(written[0], result)
     written[0].write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     if figure is not None:
         written.append(out / f"{name}.png")

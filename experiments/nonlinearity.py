@@ -55,10 +55,32 @@ to either side; so the best over the lines through pairs of points, those two co
 and the constant classifiers, is the optimum for points in general position and an upper bound
 otherwise).
 
-``RULES`` (fixed before the run, also in the JSON) decides the three claims. Writes
+**(c) at convergence, and the training speed.** Claim (c) is about what a network with an
+activation *can* represent, and a fixed budget measures how fast it learns: saturating
+activations start slowly. So the claim is judged a second time on networks trained to
+convergence (``CONVERGENCE``: from ``5 * EPOCHS`` epochs on, a window's mean training loss
+that fell by less than ``min_improvement`` nats below the window before; at most
+``max_epochs``), with each seed's learning rate chosen on the validation set from
+``LEARNING_RATES`` (``LEARNING_RATE`` ×⅓, ×1, ×3), by claim (c)'s protocol (the test accuracy
+of the best validation epoch, up to convergence instead of ``EPOCHS``) and thresholds. The fixed-budget finding becomes its own claim:
+the epochs until the training accuracy reaches the threshold on spirals, saturating
+activations (sigmoid, tanh: ``φ'(z) -> 0`` on both sides) against non-saturating ones (ReLU,
+leaky ReLU), reported beside the mean ``φ'(z)`` of the hidden units at initialisation and
+each kernel's gradient from the hand-derived backward (:func:`jaxnn.backprop.layer_gradients`):
+through a sigmoid layer the backpropagated signal is multiplied by ``σ'(z) <= 1/4``, the
+vanishing-gradient bound (``vanishing_gradients``). Every (learning rate, data set, seed) of an
+activation trains in one compiled program (:func:`sweep`: ``jax.vmap`` of
+:func:`jaxnn.train.make_epoch`, the learning rate a leaf of
+``optax.inject_hyperparams(optax.adam)``'s state); the runs start from claim (c)'s weights and
+minibatch orders. When claim (c) does not hold, its rule is applied unchanged to the variants
+of ``SENSITIVITY`` (the budget ×5 and the learning rates ×⅓ and ×3 read from the sweep, hidden
+widths ×2 a sweep of its own), and the report says whether the verdict is robust.
+
+``RULES`` (fixed before the run, written to the JSON before it, also in the result) decides
+the claims. Writes
 ``nonlinearity.json`` and ``.png``; ``main(out_dir, quick=True)`` runs the same code with one
-seed, fewer epochs and ``QUICK_MODELS`` only (linear, identity stack, relu: every model is a
-compilation of seconds). The training is float32 whatever ``jax_enable_x64`` says.
+seed, fewer epochs, ``QUICK_MODELS`` only (linear, identity stack, relu: every model is a
+compilation of seconds) and the sweeps of ``QUICK_SWEEP_MODELS`` under ``QUICK_CONVERGENCE``. The training is float32 whatever ``jax_enable_x64`` says.
 
 References: Minsky & Papert, *Perceptrons* (1969), XOR; Rumelhart, Hinton & Williams, "Learning
 representations by back-propagating errors", Nature 323 (1986); Saxe, McClelland & Ganguli,
@@ -68,12 +90,13 @@ representations by back-propagating errors", Nature 323 (1986); Saxe, McClelland
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import itertools
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -81,10 +104,12 @@ import numpy as np
 import optax
 from matplotlib.figure import Figure
 
-from jaxnn import Layer, data, mlp
+from jaxnn import Layer, activations, data, mlp
+from jaxnn.backprop import layer_gradients
+from jaxnn.combinators import layer_keys
 from jaxnn.evaluation import predict
 from jaxnn.fitting import fit
-from jaxnn.train import TrainState
+from jaxnn.train import TrainState, make_epoch
 from jaxnn_experiments import common, plots
 
 NAME = "nonlinearity"
@@ -128,6 +153,37 @@ SEEDS = (0, 1, 2)
 QUICK_EPOCHS = 40
 QUICK_SEEDS = (0,)
 QUICK_MODELS = ("linear", "identity", "relu")  # each model is a compilation (seconds)
+QUICK_SWEEP_MODELS = ("sigmoid", "relu")  # one saturating, one not
+# (c) at convergence, the slower-training claim, and the sensitivity of the fixed-budget verdict.
+# One vmapped sweep per activation trains every (learning rate, data set, seed) together; its
+# learning rates are the grid of (c) at convergence and the sensitivity's x1/3 and x3.
+LEARNING_RATES = (LEARNING_RATE / 3, LEARNING_RATE, 3 * LEARNING_RATE)
+# A run has converged when its training loss stops falling: a window's mean below the previous
+# window's by less than min_improvement (nats, absolute: on separable data the loss keeps
+# falling towards 0 by a constant factor, so a relative criterion would never stop it).
+CONVERGENCE = {
+    "min_epochs": 5 * EPOCHS,  # never judged before the sensitivity's budget x5: early
+    #                            plateaus (a network still near its linear regime) last hundreds
+    "window": 100,  # epochs
+    "min_improvement": 0.005,  # nats, of the window's mean training loss
+    "max_epochs": 2000,
+}
+# Quick mode: short sweeps, no sensitivity (its budget x5 would need 5 * QUICK_EPOCHS).
+QUICK_CONVERGENCE = {"min_epochs": QUICK_EPOCHS, "window": 20, "min_improvement": 0.005,
+                     "max_epochs": 100}  # fmt: skip
+EVALUATE_EVERY = 10  # the sweep's accuracies: every 10 epochs, validation and test every
+#                      epoch up to the budget x5 (what claim (c)'s protocol reads)
+SATURATING = ("sigmoid", "tanh")  # bounded: φ'(z) -> 0 as |z| -> ∞, on both sides
+NON_SATURATING = ("relu", "leaky_relu")  # φ'(z) = 1 for every z > 0
+SLOWER_DATASET = "spirals"
+WIDE_HIDDEN = (64, 64)
+SENSITIVITY = {
+    "budget_x5": f"{5 * EPOCHS} epochs instead of {EPOCHS}",
+    "lr_third": f"learning rate {LEARNING_RATE / 3:.4g} instead of {LEARNING_RATE}",
+    "lr_x3": f"learning rate {3 * LEARNING_RATE:.4g} instead of {LEARNING_RATE}",
+    "width_x2": f"hidden widths {list(WIDE_HIDDEN)} instead of {list(HIDDEN)} (capacity: the "
+    "setting a claim about what a network can represent most likely depends on)",
+}
 GRID = 150  # decision-boundary grid points per axis
 GRID_MARGIN = 0.3
 # (b) a line's best, with room for noise: 3/4 on XOR (one blob cut off), about 2/3 on the
@@ -163,6 +219,50 @@ RULES = {
     f"{NONLINEAR_AT_LEAST['xor']} on XOR, moons and circles and >= "
     f"{NONLINEAR_AT_LEAST['spirals']} on spirals (noise 0.1 against arms 0.3 apart: the best "
     "achievable is near 0.93)",
+    "sweep": "every (learning rate, data set, seed) of an activation trained together (jax.vmap "
+    "of jaxnn.train.make_epoch; optax.inject_hyperparams(optax.adam), the learning rate a "
+    f"state leaf), learning rates {[round(lr, 6) for lr in LEARNING_RATES]}, the setup of "
+    "claim_c otherwise (data, split, init key, batch, float32); recorded: the training loss "
+    f"of every epoch, the validation accuracy of every epoch up to {5 * EPOCHS} (and the test "
+    "accuracy of each epoch whose validation accuracy beats a run's best so far: the epochs "
+    f"the protocol can pick), and the train (eval mode), validation and test accuracy every "
+    f"{EVALUATE_EVERY} epochs",
+    "convergence": "a run has converged at the end of epoch e when e >= "
+    f"{CONVERGENCE['min_epochs']}, e is a multiple of {CONVERGENCE['window']}, and the mean "
+    f"training loss over epochs (e - {CONVERGENCE['window']}, e] is less than "
+    f"{CONVERGENCE['min_improvement']} below the mean over the {CONVERGENCE['window']} epochs "
+    f"before; it is then no longer trained; a run that never converges stops at "
+    f"{CONVERGENCE['max_epochs']} epochs and counts as not converged; the training loss of an "
+    "epoch is the mean of its minibatch losses (train mode)",
+    "test_accuracy_converged": "claim_c's test_accuracy with the budget replaced by "
+    "convergence: the test accuracy of the recorded epoch, up to the run's last, with the best "
+    "validation accuracy (the first of equals); the train and test accuracy of the last epoch "
+    "are reported beside it",
+    "learning_rate_selection": "for each activation, data set and seed, the learning rate of "
+    "the grid whose run has the highest best validation accuracy (a tie goes to the smaller "
+    "learning rate); the test part plays no role",
+    "claim_c_converged": "claim_c's thresholds, unchanged, applied to the mean over seeds of "
+    "test_accuracy_converged with the selected learning rate: holds if every non-linear "
+    f"activation reaches >= {NONLINEAR_AT_LEAST['xor']} on XOR, moons and circles and >= "
+    f"{NONLINEAR_AT_LEAST['spirals']} on spirals",
+    "epochs_to_fit": "with the original learning rate "
+    f"{LEARNING_RATE}, the first recorded epoch (a multiple of {EVALUATE_EVERY}) whose "
+    "training accuracy (eval mode) is >= the data set's claim_c threshold; a run that never "
+    "reaches it (it converged below it, or reached the cap) counts as "
+    f"{CONVERGENCE['max_epochs'] + 1}",
+    "claim_slower": "holds if on "
+    f"{SLOWER_DATASET} the median over seeds of epochs_to_fit of each saturating activation "
+    f"({', '.join(SATURATING)}) is larger than that of each non-saturating one "
+    f"({', '.join(NON_SATURATING)}); the other activations and data sets are reported, not "
+    "decided on",
+    "sigma_prime": "reported, not decided on: at initialisation (seed 0, the "
+    f"{SLOWER_DATASET} training set, train mode) the mean over hidden units and examples of "
+    "the activation's derivative, and the norm of the gradient of each dense kernel from the "
+    "hand-derived backward (jaxnn.backprop.layer_gradients)",
+    "sensitivity": common.sensitivity_rule(SENSITIVITY)
+    + "; each variant applies claim_c's protocol (the test accuracy of the best validation "
+    "epoch within the budget, mean over the seeds) to the sweep's runs: budget_x5 and the "
+    "learning-rate variants read the sweep's recorded epochs, width_x2 is a sweep of its own",
 }
 LABELS = {
     "narrow": "narrow 2-16-16-16-2",
@@ -190,6 +290,17 @@ LABELS = {
     "claim_a": "(a) stacked linear layers are one linear map",
     "claim_b": "(b) a linear model cannot separate data no line separates",
     "claim_c": "(c) activation functions make the network separate them",
+    "claim_c_converged": "(c) at convergence, learning rate chosen on validation",
+    "claim_slower": "saturating activations are slower to train",
+    "epochs_to_fit": "epochs to reach the threshold in training accuracy",
+    "converged_epoch": "convergence epoch",
+    "learning_rate": "selected learning rate",
+    "mean_derivative": "mean φ'(z) over hidden units at initialisation",
+    "max_derivative": "max φ'(z)",
+    "kernel_gradient_norms": "‖∂L/∂W_l‖ at initialisation, l = 1, 2, 3",
+    "sweep_check": "the sweep's test accuracy under claim (c)'s protocol and settings",
+    "sweep_check_max_difference": "max |sweep_check - claim (c)'s own run| over the runs",
+    **{k: k.replace("_", " ") for k in SENSITIVITY},
     "xor": "XOR",
     "moons": "two moons",
     "circles": "circles",
@@ -472,6 +583,236 @@ def train_all(
     return table, arrays
 
 
+# ----------------------------------------------------------------------------- (c) the sweep
+
+
+class Sweep(NamedTuple):
+    """Every run of one activation's sweep, one row per ``(learning rate, data set, seed)``."""
+
+    runs: list[tuple[float, str, int]]  # [runs]: (learning rate, data set, seed)
+    loss: np.ndarray  # [runs, epochs]: mean minibatch loss of each epoch (train mode)
+    accuracy: np.ndarray  # [runs, epochs, 3]: train (eval mode), validation, test accuracy
+    converged: np.ndarray  # [runs]: the convergence epoch (1-based), 0 where never
+    max_epochs: int  # the cap
+
+
+def _with_learning_rate(ts: TrainState, learning_rate: float) -> TrainState:
+    """``ts`` whose ``inject_hyperparams`` optimizer state holds ``learning_rate``."""
+    hyper = {**ts.opt_state.hyperparams, "learning_rate": jnp.float32(learning_rate)}
+    return ts._replace(opt_state=ts.opt_state._replace(hyperparams=hyper))
+
+
+def converged_epoch(loss: np.ndarray, criterion: dict[str, Any]) -> int:
+    """The first epoch at which one run's per-epoch ``loss`` meets ``criterion``
+    (``RULES["convergence"]``), 1-based; 0 if none does."""
+    w, floor, delta = criterion["window"], criterion["min_epochs"], criterion["min_improvement"]
+    start = max(floor, 2 * w)
+    for end in range(-(-start // w) * w, len(loss) + 1, w):
+        if loss[end - 2 * w : end - w].mean() - loss[end - w : end].mean() < delta:
+            return end
+    return 0
+
+
+def sweep(
+    model: str,
+    hidden: Sequence[int],
+    learning_rates: Sequence[float],
+    seeds: Sequence[int],
+    criterion: dict[str, Any],
+    every_epoch: int,
+    n_points: int = N_POINTS,
+) -> Sweep:
+    """Train ``mlp([*hidden, 2], model)`` on every (learning rate, data set, seed) at once.
+
+    One compiled program runs ``criterion["window"]`` epochs of every run (``jax.vmap`` of
+    :func:`jaxnn.train.make_epoch`, the learning rate a leaf of the optimizer state) and
+    records the loss of every epoch, the validation accuracy of every epoch up to
+    ``every_epoch`` (the test accuracy too where a run's validation accuracy beats its best so
+    far) and the three accuracies every ``EVALUATE_EVERY`` epochs (``NaN`` where not recorded:
+    the evaluations cost more than the training); the sweep stops once every
+    run has converged (:func:`converged_epoch`) or at ``criterion["max_epochs"]``. Each run
+    starts as claim (c)'s: ``TrainState.create(net, ..., jax.random.key(seed))``, the same
+    initial weights and minibatch order.
+    """
+    if criterion["window"] % EVALUATE_EVERY:
+        raise ValueError(f"sweep: the window must be a multiple of {EVALUATE_EVERY} epochs.")
+    runs = [(lr, name, seed) for lr in learning_rates for name in DATASETS for seed in seeds]
+    sets = {(name, seed): splits(name, seed, n_points) for name in DATASETS for seed in seeds}
+    parts = ("train", "validation", "test")
+    with jax.enable_x64(False):  # float32 by construction
+        net = mlp([*hidden, 2], model, param_dtype=jnp.float32, name=model)
+        optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=LEARNING_RATE)
+        states = [
+            _with_learning_rate(
+                TrainState.create(net, optimizer, jax.random.key(seed), (BATCH, 2)), lr
+            )
+            for lr, _, seed in runs
+        ]
+        ts = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+        data_ = {
+            part: tuple(
+                jnp.stack([jnp.asarray(getattr(sets[n, s], part)[i]) for _, n, s in runs])
+                for i in (0, 1)
+            )
+            for part in parts
+        }
+
+        def accuracy(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+            return jnp.mean(jnp.argmax(net.apply(params, {}, x, train=False)[0], -1) == y)
+
+        def accuracies_of(ts: TrainState, data: dict, which: Sequence[str]) -> jax.Array:
+            """``[runs, 3]``: the accuracy on each part in ``which``, NaN on the others."""
+            n = jax.tree.leaves(ts.params)[0].shape[0]
+            return jnp.stack(
+                [
+                    jax.vmap(accuracy)(ts.params, *data[part])
+                    if part in which
+                    else jnp.full(n, jnp.nan)
+                    for part in parts
+                ],
+                axis=1,
+            )
+
+        epoch = jax.vmap(make_epoch(net, LOSS, optimizer, batch_size=BATCH))
+
+        def validation_first(ts: TrainState, data: dict, best: jax.Array) -> jax.Array:
+            """Every epoch up to ``every_epoch``: the validation accuracy, and the test
+            accuracy only when some run's validation accuracy beats its best so far (the only
+            epochs claim (c)'s protocol can pick)."""
+            val = accuracies_of(ts, data, ("validation",))
+            return jax.lax.cond(
+                jnp.any(val[:, 1] > best),
+                lambda: accuracies_of(ts, data, parts[1:]),
+                lambda: val,
+            )
+
+        @functools.partial(jax.jit, donate_argnums=(0,))
+        def window(ts: TrainState, data: dict, done: jax.Array, best: jax.Array):
+            def body(carry: tuple[TrainState, jax.Array, jax.Array], _: None):
+                ts, e, best = carry
+                ts, loss = epoch(ts, *data["train"])
+                e = e + 1
+                acc = jax.lax.cond(
+                    e % EVALUATE_EVERY == 0,
+                    lambda: accuracies_of(ts, data, parts),
+                    lambda: jax.lax.cond(
+                        e <= every_epoch,
+                        lambda: validation_first(ts, data, best),
+                        lambda: accuracies_of(ts, data, ()),
+                    ),
+                )
+                best = jnp.fmax(best, acc[:, 1])
+                return (ts, e, best), (loss.mean(-1), acc)
+
+            (ts, _, best), out = jax.lax.scan(
+                body, (ts, done, best), None, length=criterion["window"]
+            )
+            return ts, best, out
+
+        # Runs stop being trained once they converge: when at most a third are left, they go on
+        # alone (padded to a third: one more compilation, a third of the work per epoch).
+        w, cap, n = criterion["window"], criterion["max_epochs"], len(runs)
+        loss_all = np.full((n, cap), np.nan)
+        acc_all = np.full((n, cap, 3), np.nan)
+        active = np.arange(n)  # the runs the stacked state holds, in order
+        best = jnp.full(n, -1.0)  # each run's best validation accuracy so far
+        for start in range(0, cap, w):
+            ts, best, (loss, acc) = window(ts, data_, jnp.int32(start), best)
+            keep = np.flatnonzero(np.r_[True, active[1:] != active[:-1]])  # padding repeats
+            loss_all[active[keep], start : start + w] = np.asarray(loss).T[keep]
+            acc_all[active[keep], start : start + w] = np.asarray(acc).transpose(1, 0, 2)[keep]
+            left = [i for i in range(n) if not converged_epoch(loss_all[i, : start + w], criterion)]
+            if not left:
+                break
+            if len(active) == n >= 24 and len(left) <= n // 3:
+                active = np.array(left + [left[-1]] * (n // 3 - len(left)))
+                ts, data_, best = jax.tree.map(
+                    lambda leaf, idx=active: leaf[idx], (ts, data_, best)
+                )
+    last = int(np.max(np.sum(np.isfinite(loss_all), axis=1)))
+    return Sweep(
+        runs=runs,
+        loss=loss_all[:, :last],
+        accuracy=acc_all[:, :last],
+        converged=np.array([converged_epoch(row, criterion) for row in loss_all[:, :last]]),
+        max_epochs=cap,
+    )
+
+
+def sweep_all(
+    models: Sequence[str],
+    hidden: Sequence[int],
+    learning_rates: Sequence[float],
+    seeds: Sequence[int],
+    criterion: dict[str, Any],
+    every_epoch: int,
+) -> dict[str, Sweep]:
+    """:func:`sweep` of every model, two at a time (each compiled program runs on one core)."""
+    args = (hidden, learning_rates, seeds, criterion, every_epoch)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {m: pool.submit(sweep, m, *args) for m in models}
+        bar = common.progress(
+            concurrent.futures.as_completed(futures.values()),
+            f"{len(models)} sweeps of {len(learning_rates) * len(DATASETS) * len(seeds)} runs",
+            total=len(models), unit="sweep",
+        )  # fmt: skip
+        for _ in bar:
+            pass
+        return {m: f.result() for m, f in futures.items()}
+
+
+def best_validation_test(sw: Sweep, i: int, epochs: int) -> float:
+    """Claim (c)'s protocol on run ``i``: the test accuracy of the first epoch (of the first
+    ``epochs``) with the highest validation accuracy, as ``fit(..., monitor="val_accuracy")``.
+
+    Raises:
+      ValueError: an epoch of the first ``epochs`` has no recorded validation accuracy.
+    """
+    val = sw.accuracy[i, :epochs, 1]
+    if len(val) < epochs or np.isnan(val).any():
+        raise ValueError(f"best_validation_test: run {i} did not record {epochs} epochs.")
+    return float(sw.accuracy[i, int(np.argmax(val)), 2])
+
+
+def at_convergence(sw: Sweep, i: int) -> tuple[int, np.ndarray]:
+    """Run ``i``'s convergence epoch (its last epoch if it never converged) and accuracies."""
+    e = int(sw.converged[i]) or ran(sw, i)
+    return e, sw.accuracy[i, e - 1]
+
+
+def ran(sw: Sweep, i: int) -> int:
+    """The epochs run ``i`` was trained for (a converged run stops early, see :func:`sweep`)."""
+    return int(np.sum(np.isfinite(sw.loss[i])))
+
+
+def epochs_to_fit(sw: Sweep, i: int, threshold: float) -> int:
+    """The first recorded epoch (1-based, a multiple of ``EVALUATE_EVERY``) of run ``i``
+    whose training accuracy is >= ``threshold``; the cap + 1 if none is."""
+    with np.errstate(invalid="ignore"):
+        hits = np.flatnonzero(sw.accuracy[i, :, 0] >= threshold)
+    return int(hits[0]) + 1 if len(hits) else sw.max_epochs + 1
+
+
+def sigma_prime(model: str, seed: int = 0) -> dict[str, Any]:
+    """At initialisation on the spirals training set: the activation's derivative over the
+    hidden units, and every dense kernel's gradient norm from the hand-derived backward."""
+    sp = splits(SLOWER_DATASET, seed, N_POINTS)
+    with jax.enable_x64(False):
+        net = network(model)
+        params, state = net.init(jax.random.key(seed), (BATCH, 2))
+        x, y = jnp.asarray(sp.train.x), jnp.asarray(sp.train.y)
+        gradients = jax.jit(lambda *a: layer_gradients(net, LOSS, *a, train=True)[1])
+        layers = gradients(params, state, x, y)
+    dense = layer_keys(net, "dense")
+    hidden = [k for k in layers if k not in dense]  # the activation layers, in order
+    derivative = activations.get(model).derivative
+    return {
+        "mean_derivative": float(np.mean([jnp.mean(derivative(layers[k].x)) for k in hidden])),
+        "max_derivative": float(max(jnp.max(derivative(layers[k].x)) for k in hidden)),
+        "kernel_gradient_norms": [float(jnp.linalg.norm(layers[k].dparams["w"])) for k in dense],
+    }
+
+
 # ----------------------------------------------------------------------------- verdicts
 
 
@@ -516,19 +857,7 @@ def _claims(result: dict[str, Any]) -> list[dict[str, Any]]:
         for name, limit in LINEAR_AT_MOST.items()
     )
     acts = [m for m in result["setup"]["models"] if m in ACTIVATIONS]
-    lowest = "; ".join(
-        f"{name}: lowest {min(acts, key=lambda m: table[name][m]['test_mean'])} "
-        f"{min(table[name][m]['test_mean'] for m in acts):.3f} (threshold {limit})"
-        for name, limit in NONLINEAR_AT_LEAST.items()
-    )
-    below = [
-        f"{m} on {name} (test {table[name][m]['test_mean']:.3f}, train "
-        f"{table[name][m]['train_mean']:.3f})"
-        for name, limit in NONLINEAR_AT_LEAST.items()
-        for m in acts
-        if table[name][m]["test_mean"] < limit
-    ]
-    lowest += "; below the threshold: " + (", ".join(below) if below else "none")
+    lowest = _lowest(table, acts)
     return [
         common.claim(
             "Stacked linear layers stay one linear map.",
@@ -553,10 +882,109 @@ def _claims(result: dict[str, Any]) -> list[dict[str, Any]]:
             "Activation functions make a network non-linear (able to separate such data).",
             RULES["test_accuracy"] + "; " + RULES["claim_c"],
             verdicts["claim_c"],
-            f"over the {len(acts)} activations: {lowest}.",
+            f"over the {len(acts)} activations, {result['setup']['epochs']} epochs at learning "
+            f"rate {LEARNING_RATE}: {lowest}.",
             f"{NAME}.png, the activation columns and panel (d)",
+            robustness=_robustness(result),
         ),
+        _claim_converged(result),
+        _claim_slower(result),
     ]
+
+
+def _lowest(table: dict[str, Any], acts: Sequence[str]) -> str:
+    """Each data set's lowest mean test accuracy, and every (activation, data set) below."""
+    lowest = "; ".join(
+        f"{name}: lowest {min(acts, key=lambda m: table[name][m]['test_mean'])} "
+        f"{min(table[name][m]['test_mean'] for m in acts):.3f} (threshold {limit})"
+        for name, limit in NONLINEAR_AT_LEAST.items()
+    )
+    below = [
+        f"{m} on {name} (test {table[name][m]['test_mean']:.3f}"
+        + next(
+            (
+                f", train {table[name][m][k]:.3f})"
+                for k in ("train_mean", "train_last_mean")
+                if k in table[name][m]
+            ),
+            ")",
+        )
+        for name, limit in NONLINEAR_AT_LEAST.items()
+        for m in acts
+        if table[name][m]["test_mean"] < limit
+    ]
+    return lowest + "; below the threshold: " + (", ".join(below) if below else "none")
+
+
+def _robustness(result: dict[str, Any]) -> dict[str, Any] | None:
+    """Claim (c)'s sensitivity analysis, when it does not hold."""
+    if "sensitivity" not in result:
+        return None
+    variants = [
+        common.variant(key, f"{key.replace('_', ' ')}: {SENSITIVITY[key]}", v["holds"],
+                       _lowest(v["accuracy"], list(result["sweep_check"]["xor"])))
+        for key, v in result["sensitivity"].items()
+    ]  # fmt: skip
+    return common.robustness(result["verdicts"]["claim_c"], variants)
+
+
+def _claim_converged(result: dict[str, Any]) -> dict[str, Any]:
+    conv = result["converged"]
+    acts = list(result["sweep_check"]["xor"])
+    stuck = sum(not c for name in DATASETS for m in acts for c in conv[name][m]["converged"])
+    epochs = [e for name in DATASETS for m in acts for e in conv[name][m]["converged_epoch"]]
+    rates = [lr for name in DATASETS for m in acts for lr in conv[name][m]["learning_rate"]]
+    counts = ", ".join(f"{lr:.4g}: {rates.count(lr)}" for lr in LEARNING_RATES)
+    return common.claim(
+        "Activation functions make a network non-linear (able to separate such data), judged "
+        "on networks trained to convergence.",
+        "; ".join(
+            RULES[k]
+            for k in (
+                "convergence",
+                "test_accuracy_converged",
+                "learning_rate_selection",
+                "claim_c_converged",
+            )
+        ),
+        result["verdicts"]["claim_c_converged"],
+        f"over the {len(acts)} activations, the best validation epoch up to convergence "
+        f"(train: the last epoch's): {_lowest(conv, acts)}; convergence epochs "
+        f"{min(epochs)}-{max(epochs)}, {stuck} of {len(epochs)} selected runs not converged by "
+        f"{result['setup']['convergence']['max_epochs']} epochs; selected learning rates "
+        f"{counts}; the last epoch's mean test accuracy on {SLOWER_DATASET}, lowest "
+        f"{min(conv[SLOWER_DATASET][m]['test_last_mean'] for m in acts):.3f}.",
+        f"{NAME}.png, panel (f)",
+    )
+
+
+def _claim_slower(result: dict[str, Any]) -> dict[str, Any]:
+    row = result["slower"][SLOWER_DATASET]
+    sig = result["sigma_prime"]
+    medians = ", ".join(
+        f"{m} {row[m]['median']:g}" for m in sorted(row, key=lambda m: row[m]["median"])
+    )
+    derivative = ", ".join(
+        f"{m} {sig[m]['mean_derivative']:.3f} (‖∂L/∂W_1‖ / ‖∂L/∂W_3‖ = "
+        f"{sig[m]['kernel_gradient_norms'][0] / sig[m]['kernel_gradient_norms'][-1]:.3g})"
+        for m in (*SATURATING, *NON_SATURATING) if m in sig
+    )  # fmt: skip
+    return common.claim(
+        "Saturating activations (sigmoid, tanh) are slower to train than non-saturating ones "
+        "(relu, leaky_relu): the fixed-budget result, the vanishing-gradient bound σ' <= 1/4 "
+        "seen from training speed.",
+        RULES["epochs_to_fit"] + "; " + RULES["claim_slower"],
+        result["verdicts"]["claim_slower"],
+        f"median epochs to reach training accuracy {NONLINEAR_AT_LEAST[SLOWER_DATASET]} on "
+        f"{SLOWER_DATASET} at learning rate {LEARNING_RATE}: {medians} (a run that never "
+        "reaches it counts as one more than it ran); at initialisation, the mean φ'(z) over "
+        "the hidden units, and the gradient reaching the first kernel over the last's from the "
+        f"hand-derived backward: {derivative}. Through each sigmoid layer the backpropagated "
+        "signal is multiplied by σ'(z) <= 1/4 (vanishing_gradients, claim 1), so the first "
+        "layers of a sigmoid network learn slowly; tanh' <= 1 with tanh'(0) = 1, so for tanh the "
+        "bound alone does not explain a slower start",
+        f"{NAME}.png, panel (e)",
+    )
 
 
 def _xor_line(arrays: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -578,55 +1006,212 @@ def _xor_line(arrays: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], d
     return check, _saved(net, params, routes), line
 
 
+def setup(quick: bool = False) -> dict[str, Any]:
+    """The setup of a run, fixed before it (:func:`jaxnn_experiments.common.preregister`)."""
+    return {
+        "collapse_networks": {
+            name: {"input": n_in, "widths": list(widths)}
+            for name, (n_in, widths) in COLLAPSE_NETWORKS.items()
+        }
+        | {"trained_xor": {"input": 2, "widths": [*HIDDEN, 2]}},
+        "collapse_init": f"mlp(widths, 'identity'); Glorot-uniform kernels and N(0, "
+        f"{BIAS_STD}^2) biases drawn in float32 by numpy default_rng({SEED}) (then the "
+        "inputs); the float64 route uses the same values cast",
+        "collapse_inputs": f"{COLLAPSE_POINTS} points ~ N(0, I), numpy default_rng({SEED}); "
+        f"trained_xor: the {GRID}x{GRID} grid of the XOR panel",
+        "matmul_precision": "highest",
+        "datasets": {
+            name: f"jaxnn.data.{name}({N_POINTS}, seed=seed), default noise; split "
+            f"validation={VALIDATION}, test={TEST}, seed=seed"
+            for name in DATASETS
+        },
+        "models": list(QUICK_MODELS if quick else MODELS),
+        "hidden": list(HIDDEN),
+        "init": "glorot_uniform kernels, zero biases, float32; key jax.random.key(seed)",
+        "loss": LOSS,
+        "optimizer": f"optax.adam({LEARNING_RATE})",
+        "batch_size": BATCH,
+        "epochs": QUICK_EPOCHS if quick else EPOCHS,
+        "selection": "monitor='val_accuracy' (the best validation epoch's state)",
+        "seeds": list(QUICK_SEEDS if quick else SEEDS),
+        "linear_at_most": LINEAR_AT_MOST,
+        "nonlinear_at_least": NONLINEAR_AT_LEAST,
+        "dtype": "float32 (training); float32 and float64 (the collapse)",
+        "sweep_models": list(QUICK_SWEEP_MODELS if quick else ACTIVATIONS),
+        "learning_rates": list(LEARNING_RATES),
+        "convergence": QUICK_CONVERGENCE if quick else CONVERGENCE,
+        "saturating": list(SATURATING),
+        "non_saturating": list(NON_SATURATING),
+        "slower_dataset": SLOWER_DATASET,
+        "sensitivity": SENSITIVITY,
+        "wide_hidden": list(WIDE_HIDDEN),
+    }
+
+
+def best_recorded(sw: Sweep, i: int) -> int:
+    """The index of run ``i``'s recorded epoch with the best validation accuracy (the first of
+    equals), up to its last epoch."""
+    return int(np.nanargmax(sw.accuracy[i, :, 1]))
+
+
+def converged_table(sweeps: dict[str, Sweep], seeds: Sequence[int]) -> dict[str, Any]:
+    """(c) at convergence: per data set and activation, each seed's selected learning rate, the
+    test accuracy of its best validation epoch, its last epoch's accuracies, the means."""
+    keys = ("learning_rate", "converged_epoch", "converged", "best_epoch", "validation",
+            "test", "train_last", "test_last", "validation_by_rate")  # fmt: skip
+    table: dict[str, Any] = {name: {} for name in DATASETS}
+    for model, sw in sweeps.items():
+        for name in DATASETS:
+            row: dict[str, list] = {k: [] for k in keys}
+            for seed in seeds:
+                candidates = [i for i, (_, n, s) in enumerate(sw.runs) if (n, s) == (name, seed)]
+                best = {i: best_recorded(sw, i) for i in candidates}
+                by_rate = [float(sw.accuracy[i, best[i], 1]) for i in candidates]
+                k = int(np.argmax(by_rate))  # a tie goes to the first, smaller, rate
+                i = candidates[k]
+                epoch, last = at_convergence(sw, i)
+                values = (sw.runs[i][0], epoch, bool(sw.converged[i]), best[i] + 1,
+                          by_rate[k], float(sw.accuracy[i, best[i], 2]), float(last[0]),
+                          float(last[2]), by_rate)  # fmt: skip
+                for key, value in zip(keys, values, strict=True):
+                    row[key].append(value)
+            for key in ("test", "train_last", "test_last"):
+                row[f"{key}_mean"] = float(np.mean(row[key]))
+            table[name][model] = row
+    return table
+
+
+def slower_table(sweeps: dict[str, Sweep], seeds: Sequence[int]) -> dict[str, Any]:
+    """Epochs to reach each data set's threshold in training accuracy at the original
+    learning rate, per data set, activation and seed, and the medians over seeds."""
+    table: dict[str, Any] = {}
+    for name, threshold in NONLINEAR_AT_LEAST.items():
+        table[name] = {}
+        for model, sw in sweeps.items():
+            epochs = [
+                epochs_to_fit(sw, sw.runs.index((LEARNING_RATE, name, seed)), threshold)
+                for seed in seeds
+            ]
+            table[name][model] = {"epochs_to_fit": epochs, "median": float(np.median(epochs))}
+    return table
+
+
+def decide_slower(table: dict[str, Any]) -> bool:
+    """``RULES["claim_slower"]`` (False when a group has no activation in the sweep)."""
+    row = table[SLOWER_DATASET]
+    slow = [row[m]["median"] for m in SATURATING if m in row]
+    fast = [row[m]["median"] for m in NON_SATURATING if m in row]
+    return bool(slow and fast and min(slow) > max(fast))
+
+
+def _protocol(sw: Sweep, learning_rate: float, epochs: int, seeds: Sequence[int]) -> dict:
+    """Claim (c)'s protocol on the sweep's runs at ``learning_rate`` within ``epochs``."""
+    out = {}
+    for name in DATASETS:
+        test = [best_validation_test(sw, sw.runs.index((learning_rate, name, s)), epochs)
+                for s in seeds]  # fmt: skip
+        out[name] = {"test": test, "test_mean": float(np.mean(test))}
+    return out
+
+
+def decide_c(table: dict[str, Any], models: Sequence[str]) -> bool:
+    """``RULES["claim_c"]`` on ``table[data set][model]["test_mean"]``."""
+    return all(
+        table[name][m]["test_mean"] >= limit
+        for name, limit in NONLINEAR_AT_LEAST.items()
+        for m in models
+        if m in ACTIVATIONS
+    )
+
+
+def sensitivity(
+    sweeps: dict[str, Sweep], seeds: Sequence[int], epochs: int, criterion: dict[str, Any]
+) -> dict[str, Any]:
+    """Claim (c)'s rule on each variant of ``SENSITIVITY`` (``RULES["sensitivity"]``).
+
+    Raises:
+      ValueError: a sweep ran fewer than ``5 * epochs`` epochs (the budget x5 variant reads them).
+    """
+    short = {m: sw.loss.shape[1] for m, sw in sweeps.items() if sw.loss.shape[1] < 5 * epochs}
+    if short:
+        raise ValueError(
+            f"sensitivity: the budget x5 variant needs {5 * epochs} epochs of every sweep; got "
+            f"{short}. Give the sweep min_epochs >= 5 * epochs."
+        )
+    variants = {
+        "budget_x5": {
+            m: _protocol(sw, LEARNING_RATE, 5 * epochs, seeds) for m, sw in sweeps.items()
+        },
+        "lr_third": {
+            m: _protocol(sw, LEARNING_RATES[0], epochs, seeds) for m, sw in sweeps.items()
+        },
+        "lr_x3": {m: _protocol(sw, LEARNING_RATES[2], epochs, seeds) for m, sw in sweeps.items()},
+    }
+    wide = {**criterion, "min_epochs": epochs, "max_epochs": epochs, "window": epochs}
+    wide_sweeps = sweep_all(list(sweeps), WIDE_HIDDEN, (LEARNING_RATE,), seeds, wide, epochs)
+    variants["width_x2"] = {
+        m: _protocol(sw, LEARNING_RATE, epochs, seeds) for m, sw in wide_sweeps.items()
+    }
+    out = {}
+    for key, per_model in variants.items():
+        table = {name: {m: per_model[m][name] for m in per_model} for name in DATASETS}
+        out[key] = {"accuracy": table, "holds": decide_c(table, list(per_model))}
+    return out
+
+
 def run(quick: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """Parts (a)-(c): the JSON-ready result, and the arrays the figure draws."""
     start = time.perf_counter()
-    epochs = QUICK_EPOCHS if quick else EPOCHS
-    seeds = QUICK_SEEDS if quick else SEEDS
-    models = QUICK_MODELS if quick else MODELS
+    config = setup(quick)
+    epochs, seeds, models = config["epochs"], config["seeds"], config["models"]
     collapse_results, saved = collapse_networks(COLLAPSE_POINTS)
-    table, arrays = train_all(models, seeds, epochs, N_POINTS)
+    criterion = config["convergence"]
+    # The sweeps run beside claim (c)'s own training (threads: each compiled program runs on
+    # one core). Every epoch's validation accuracy is recorded up to what the protocol reads:
+    # the budget x5 for the sensitivity (not run in quick mode), the budget for the check.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as background:
+        swept = background.submit(sweep_all, config["sweep_models"], HIDDEN, LEARNING_RATES,
+                                  seeds, criterion, epochs if quick else 5 * epochs)  # fmt: skip
+        table, arrays = train_all(models, seeds, epochs, N_POINTS)
+        sweeps = swept.result()
     collapse_results["trained_xor"], saved["trained_xor"], line = _xor_line(arrays)
     arrays["collapse"] = collapse_results
+    arrays["sweeps"] = sweeps
     result: dict[str, Any] = {
         "quick": quick,
-        "setup": {
-            "collapse_networks": {
-                name: {"input": n_in, "widths": list(widths)}
-                for name, (n_in, widths) in COLLAPSE_NETWORKS.items()
-            }
-            | {"trained_xor": {"input": 2, "widths": [*HIDDEN, 2]}},
-            "collapse_init": f"mlp(widths, 'identity'); Glorot-uniform kernels and N(0, "
-            f"{BIAS_STD}^2) biases drawn in float32 by numpy default_rng({SEED}) (then the "
-            "inputs); the float64 route uses the same values cast",
-            "collapse_inputs": f"{COLLAPSE_POINTS} points ~ N(0, I), numpy default_rng({SEED}); "
-            f"trained_xor: the {GRID}x{GRID} grid of the XOR panel",
-            "matmul_precision": "highest",
-            "datasets": {
-                name: f"jaxnn.data.{name}({N_POINTS}, seed=seed), default noise; split "
-                f"validation={VALIDATION}, test={TEST}, seed=seed"
-                for name in DATASETS
-            },
-            "models": list(models),
-            "hidden": list(HIDDEN),
-            "init": "glorot_uniform kernels, zero biases, float32; key jax.random.key(seed)",
-            "loss": LOSS,
-            "optimizer": f"optax.adam({LEARNING_RATE})",
-            "batch_size": BATCH,
-            "epochs": epochs,
-            "selection": "monitor='val_accuracy' (the best validation epoch's state)",
-            "seeds": list(seeds),
-            "linear_at_most": LINEAR_AT_MOST,
-            "nonlinear_at_least": NONLINEAR_AT_LEAST,
-            "dtype": "float32 (training); float32 and float64 (the collapse)",
-        },
+        "setup": config,
         "rules": RULES,
         "collapse": collapse_results,
         "saved_networks": saved,
         "xor_line": line,
         "accuracy": table,
+        "converged": converged_table(sweeps, seeds),
+        "slower": slower_table(sweeps, seeds),
+        "sigma_prime": {m: sigma_prime(m) for m in config["sweep_models"]},
+        # the sweep at the original learning rate and budget against claim (c)'s own runs
+        "sweep_check": {
+            name: {
+                m: _protocol(sw, LEARNING_RATE, epochs, seeds)[name]["test"]
+                for m, sw in sweeps.items()
+            }
+            for name in DATASETS
+        },
     }
+    result["sweep_check_max_difference"] = max(
+        abs(a - b)
+        for name in DATASETS
+        for m in sweeps
+        if m in table[name]
+        for a, b in zip(result["sweep_check"][name][m], table[name][m]["test"], strict=True)
+    )  # both run every model of the quick and of the full run
     result["verdicts"] = decide(collapse_results, table, models)
+    result["verdicts"]["claim_c_converged"] = decide_c(result["converged"], list(sweeps))
+    result["verdicts"]["claim_slower"] = decide_slower(result["slower"])
+    if not result["verdicts"]["claim_c"]:
+        if quick:
+            result["sensitivity_not_run"] = "quick mode: the variants need the budget x5"
+        else:
+            result["sensitivity"] = sensitivity(sweeps, seeds, epochs, criterion)
     result["claims"] = _claims(result)
     result["seconds"] = time.perf_counter() - start
     return result, arrays
@@ -652,10 +1237,12 @@ def figure(result: dict[str, Any], arrays: dict[str, Any]) -> Figure:
     """Decision boundaries (data set rows x model columns) and the collapse panels."""
     table, col, models = result["accuracy"], result["collapse"], result["setup"]["models"]
     shown = [m for m in FIGURE_MODELS if m in models]
-    fig = plots.figure((3.4 * max(len(shown), 5), 3.1 * (len(DATASETS) + 1)))
-    gs = fig.add_gridspec(len(DATASETS) + 1, len(shown))
-    verdict = "; ".join(
-        f"{LABELS[k]}: {'holds' if v else 'does not hold'}" for k, v in result["verdicts"].items()
+    fig = plots.figure((3.4 * max(len(shown), 5), 3.1 * (len(DATASETS) + 2)))
+    gs = fig.add_gridspec(len(DATASETS) + 2, len(shown))
+    verdicts = list(result["verdicts"].items())
+    verdict = "\n".join(
+        "; ".join(f"{LABELS[k]}: {'holds' if v else 'does not hold'}" for k, v in part)
+        for part in (verdicts[:3], verdicts[3:])
     )
     fig.suptitle(
         f"Linear models against activations ({len(result['setup']['seeds'])} seed(s), "
@@ -717,7 +1304,59 @@ def figure(result: dict[str, Any], arrays: dict[str, Any]) -> Figure:
     d.set_yticks(range(len(DATASETS)), [LABELS[n] for n in DATASETS], fontsize=7)
     d.set_title("(d) mean test accuracy (last column: the best straight line)", fontsize=9)
     fig.colorbar(im, ax=d, shrink=0.8)
+    _convergence_panels(fig, gs[len(DATASETS) + 1, :].subgridspec(1, 5), result, arrays)
     return fig
+
+
+def _convergence_panels(fig: Figure, sub: Any, result: dict[str, Any], arrays: dict) -> None:
+    """(e) training accuracy on spirals against epochs; (f) spirals under every protocol."""
+    e = fig.add_subplot(sub[0, :2])
+    threshold = NONLINEAR_AT_LEAST[SLOWER_DATASET]
+    seeds = result["setup"]["seeds"]
+    for model, sw in arrays["sweeps"].items():
+        rows = [sw.runs.index((LEARNING_RATE, SLOWER_DATASET, s)) for s in seeds]
+        curve = sw.accuracy[rows, :, 0].mean(0)  # recorded every EVALUATE_EVERY epochs
+        recorded = np.flatnonzero(np.isfinite(curve))
+        style = "-" if model in SATURATING else "--" if model in NON_SATURATING else ":"
+        e.plot(recorded + 1, curve[recorded], style, lw=1.2, label=model)
+    e.axhline(threshold, color="k", lw=0.8, ls=":")
+    e.axvline(result["setup"]["epochs"], color="0.5", lw=0.8)
+    plots.finish(
+        e, legend={"fontsize": 6, "ncol": 2, "loc": "upper left"}, xlabel="epoch",
+        ylabel="training accuracy (eval mode)", xscale="log",
+    )  # fmt: skip
+    e.set_title(
+        f"(e) {SLOWER_DATASET}: training accuracy, learning rate {LEARNING_RATE}, mean over "
+        "seeds\nsolid: saturating, dashed: not, dotted: the others;\ngrey: the original "
+        "budget; black: the threshold",
+        fontsize=8,
+    )
+
+    f = fig.add_subplot(sub[0, 2:])
+    columns = {f"{result['setup']['epochs']} epochs\n(claim c)": result["accuracy"]}
+    for key, v in result.get("sensitivity", {}).items():
+        columns[key.replace("_", " ")] = v["accuracy"]
+    columns["converged,\nrate on val."] = result["converged"]
+    acts = list(result["sweep_check"][SLOWER_DATASET])
+    heat = np.array(
+        [
+            [t[SLOWER_DATASET].get(m, {}).get("test_mean", np.nan) for t in columns.values()]
+            for m in acts
+        ]
+    )  # fmt: skip (a model of the sweep that claim (c) did not train: blank)
+    im = f.imshow(heat, vmin=0.5, vmax=1.0, cmap="viridis", aspect="auto")
+    for (i, j), v in np.ndenumerate(heat):
+        if np.isfinite(v):
+            f.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                   color="w" if v < threshold else "k")  # fmt: skip
+    f.set_xticks(range(len(columns)), list(columns), fontsize=6)
+    f.set_yticks(range(len(acts)), acts, fontsize=6)
+    f.set_title(
+        f"(f) {SLOWER_DATASET}: mean test accuracy under each protocol (threshold {threshold}; "
+        "white text below it)",
+        fontsize=9,
+    )
+    fig.colorbar(im, ax=f, shrink=0.8)
 
 
 def report(result: dict[str, Any]) -> str:
@@ -756,15 +1395,57 @@ def report(result: dict[str, Any]) -> str:
         f"mean test (train) accuracy over seeds {result['setup']['seeds']} "
         f"({result['setup']['epochs']} epochs{', quick' if result['quick'] else ''})",
         common.table(acc_rows, ("model", *(LABELS[n] for n in DATASETS))),
+        *_sweep_report(result),
     ]
     for c in result["claims"]:
         lines.append(f"{c['claim']} {'HOLDS' if c['holds'] else 'DOES NOT HOLD'}: {c['evidence']}")
+        if "robustness" in c:
+            lines.append("  " + c["robustness"]["sentence"])
     lines.append(f"{result['seconds']:.1f} s")
     return "\n".join(lines)
 
 
+def _sweep_report(result: dict[str, Any]) -> list[str]:
+    """The tables of the sweep: at convergence, epochs to fit, the sensitivity variants."""
+    conv, slower = result["converged"], result["slower"]
+    acts = list(result["sweep_check"]["xor"])
+    conv_rows = [
+        (m, *(f"{conv[n][m]['test_mean']:.3f} ({conv[n][m]['train_last_mean']:.3f}) "
+              f"{max(conv[n][m]['converged_epoch'])}" for n in DATASETS))
+        for m in acts
+    ]  # fmt: skip
+    slow_rows = [(m, *(" ".join(map(str, slower[n][m]["epochs_to_fit"])) for n in DATASETS))
+                 for m in acts]  # fmt: skip
+    lines = [
+        "at convergence, learning rate chosen on validation: mean test accuracy of the best "
+        "validation epoch (train accuracy of the last epoch), the latest convergence epoch",
+        common.table(conv_rows, ("model", *(LABELS[n] for n in DATASETS))),
+        f"epochs to reach the threshold in training accuracy at learning rate {LEARNING_RATE}, "
+        "per seed",
+        common.table(slow_rows, ("model", *(LABELS[n] for n in DATASETS))),
+    ]
+    if "sensitivity" in result:
+        rows = [
+            (key, *(f"{min(v['accuracy'][n][m]['test_mean'] for m in acts):.3f}"
+                    for n in DATASETS), "holds" if v["holds"] else "does not hold")
+            for key, v in result["sensitivity"].items()
+        ]  # fmt: skip
+        lines += [
+            "sensitivity of claim (c): the lowest mean test accuracy over the activations (the "
+            f"sweep at claim (c)'s own settings: within {result['sweep_check_max_difference']:.3f} "
+            "of claim (c)'s runs, run by run)",
+            common.table(rows, ("variant", *(LABELS[n] for n in DATASETS), "verdict")),
+        ]
+    return lines
+
+
 def main(out_dir: Path | str = "results", *, quick: bool = False) -> dict[str, Any]:
-    """Run the experiment; write ``nonlinearity.json`` and ``.png``; print the report."""
+    """Run the experiment; write ``nonlinearity.json`` and ``.png``; print the report.
+
+    The setup and the rules are written to ``nonlinearity.json`` before any training
+    (:func:`jaxnn_experiments.common.preregister`); the result replaces them at the end.
+    """
+    common.preregister(NAME, out_dir, setup(quick), RULES)
     result, arrays = run(quick=quick)
     return common.publish(NAME, out_dir, result, LABELS, report(result), figure(result, arrays))
 

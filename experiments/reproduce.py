@@ -143,7 +143,11 @@ def _report(
         "# jaxnn reproduce: the source text's claims, tested",
         "",
         "Each verdict is computed by the experiment from its own run, by a rule fixed before "
-        "the run (the rules are also in each experiment's JSON).",
+        "the run (the rules are also in each experiment's JSON, written there before the run "
+        "starts). A claim that does not hold is checked for robustness: the same rule on runs "
+        "that each change one setting (the budget x5, the learning rate x1/3 and x3, and the "
+        "setting the claim most likely depends on), fixed before the run; the original verdict "
+        "stays, and the analysis says whether it is robust or depends on the setup.",
     ]
     if quick:
         lines += ["", "**Quick mode** (`--quick`): every experiment scaled down; the verdicts "
@@ -153,7 +157,7 @@ def _report(
         sections += ["", f"## {name}", ""]
         if name in failed:
             sections.append(f"**Failed**: {failed[name]}")
-            rows.append(f"| {name} | – | **failed** | |")
+            rows.append(f"| {name} | – | **failed** | | |")
             continue
         claims = (results.get(name) or {}).get("claims")
         if not isinstance(claims, list) or not claims:
@@ -161,7 +165,11 @@ def _report(
             continue
         for c in claims:
             verdict = "holds" if c["holds"] else "does not hold"
-            rows.append(f"| {name} | {c['claim']} | **{verdict}** | {c['figure']} |")
+            analysis = c.get("robustness")
+            robust = (
+                "" if not analysis else "robust" if analysis["robust"] else "depends on the setup"
+            )
+            rows.append(f"| {name} | {c['claim']} | **{verdict}** | {robust} | {c['figure']} |")
             sections += [
                 f"**Claim.** {c['claim']}",
                 "",
@@ -171,8 +179,34 @@ def _report(
                 "",
                 f"**Figure.** {c['figure']}",
                 "",
+                *_robustness(c.get("robustness")),
             ]
         if any(".png" in c["figure"] for c in claims):
             sections.append(f"![{name}]({name}.png)")
-    table = ["", "| experiment | claim | verdict | figure |", "|---|---|---|---|", *rows]
+    table = [
+        "",
+        "| experiment | claim | verdict | robustness of a negative verdict | figure |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
     return "\n".join(lines + table + sections) + "\n"
+
+
+def _robustness(analysis: dict[str, Any] | None) -> list[str]:
+    """The sensitivity analysis of a verdict, as a table and its sentence (none: no lines)."""
+    if not analysis:
+        return []
+    word = {True: "holds", False: "does not hold"}
+    rows = [
+        f"| {v['setting']} | {word[v['holds']]} | {v['evidence'].rstrip('.')} |"
+        for v in analysis["variants"]
+    ]
+    return [
+        "**Robustness** (the same rule on runs that each change one setting, fixed before the "
+        f"run). {analysis['sentence']}",
+        "",
+        "| variant | verdict | numbers |",
+        "|---|---|---|",
+        *rows,
+        "",
+    ]

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import jaxnn_experiments.nonlinearity as nl
 from jaxnn import mlp
 
-pytestmark = pytest.mark.slow  # the experiment's quick run
+slow = pytest.mark.slow  # the tests that use the experiment's quick run
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -52,6 +52,7 @@ def _exact_collapse(layers):
     return w, b, aw, ab
 
 
+@slow
 def test_files_and_json(run):
     out, result = run
     png = (out / f"{nl.NAME}.png").read_bytes()
@@ -60,6 +61,7 @@ def test_files_and_json(run):
     assert result["quick"] is True and result["rules"] == nl.RULES
 
 
+@slow
 def test_verdicts_follow_the_rules(run):
     _, result = run
     col, table, setup = result["collapse"], result["accuracy"], result["setup"]
@@ -93,11 +95,54 @@ def test_verdicts_follow_the_rules(run):
         for m in setup["models"]
         if m not in ("linear", "identity")
     )
-    expected = {"claim_a": claim_a, "claim_b": claim_b, "claim_c": claim_c}
+    # (c) at convergence: each seed's learning rate is the first of the grid with the highest
+    # validation accuracy at convergence; the thresholds are claim (c)'s
+    conv, sweep_models = result["converged"], setup["sweep_models"]
+    for name in nl.DATASETS:
+        for model in sweep_models:
+            row = conv[name][model]
+            for k, by_rate in enumerate(row["validation_by_rate"]):
+                best = int(np.argmax(by_rate))
+                assert row["learning_rate"][k] == setup["learning_rates"][best]
+                assert row["validation"][k] == by_rate[best]
+                assert 1 <= row["best_epoch"][k] <= row["converged_epoch"][k]
+            assert row["test_mean"] == pytest.approx(float(np.mean(row["test"])), abs=1e-12)
+            assert all(e <= setup["convergence"]["max_epochs"] for e in row["converged_epoch"])
+            c = setup["convergence"]
+            for epoch, converged in zip(row["converged_epoch"], row["converged"], strict=True):
+                if converged:  # a window end from the floor on
+                    assert epoch % c["window"] == 0 and epoch >= c["min_epochs"]
+                else:  # trained to the cap
+                    assert epoch == c["max_epochs"]
+    claim_c_converged = all(
+        conv[name][m]["test_mean"] >= limit
+        for name, limit in setup["nonlinear_at_least"].items()
+        for m in sweep_models
+    )
+    # slower: medians of epochs to fit on the decided data set, saturating against not
+    slower = result["slower"][setup["slower_dataset"]]
+    for m in sweep_models:
+        assert slower[m]["median"] == float(np.median(slower[m]["epochs_to_fit"]))
+    slow = [slower[m]["median"] for m in setup["saturating"] if m in slower]
+    fast = [slower[m]["median"] for m in setup["non_saturating"] if m in slower]
+    claim_slower = bool(slow and fast and min(slow) > max(fast))
+    expected = {
+        "claim_a": claim_a,
+        "claim_b": claim_b,
+        "claim_c": claim_c,
+        "claim_c_converged": claim_c_converged,
+        "claim_slower": claim_slower,
+    }
     assert result["verdicts"] == expected
     assert [c["holds"] for c in result["claims"]] == list(expected.values())
+    # the sensitivity runs exactly when claim (c) does not hold, and never changes its verdict
+    # (the quick run leaves it out, and says so)
+    assert ("sensitivity" in result) == (not claim_c and not result["quick"])
+    assert ("sensitivity_not_run" in result) == (not claim_c and result["quick"])
+    assert ("robustness" in result["claims"][2]) == ("sensitivity" in result)
 
 
+@slow
 def test_saved_networks_collapse_like_numpy_float64(run):
     _, result = run
     for name, saved in result["saved_networks"].items():
@@ -113,6 +158,7 @@ def test_saved_networks_collapse_like_numpy_float64(run):
             assert np.all(err_b <= (_gamma(k_b, u) + _gamma(k_b, U64)) * ab), (name, dt)
 
 
+@slow
 def test_the_bound_holds_for_numpy_float32_too(run):
     """The saved narrow network, stacked and collapsed by numpy in float32, on new inputs."""
     _, result = run
@@ -133,6 +179,7 @@ def test_the_bound_holds_for_numpy_float32_too(run):
     assert np.all(diff <= 2 * _gamma(k, U32) * m)
 
 
+@slow
 def test_linear_models_stay_below_the_best_line(run):
     """Any half-plane classifier's accuracy is at most the exact best line's, seed by seed."""
     _, result = run
@@ -143,6 +190,7 @@ def test_linear_models_stay_below_the_best_line(run):
                 assert acc <= best + 1e-12, (name, model)
 
 
+@slow
 def test_xor_line_is_the_collapsed_map(run):
     _, result = run
     w, b, aw, ab = _exact_collapse(_layers(result["saved_networks"]["trained_xor"]["layers"]))
@@ -202,3 +250,114 @@ def test_random_identity_stack_is_one_affine_map(depth, widths, n_in, batch, see
         # the library's float32 (float64) output and numpy float64's x W + b each within γ_K M
         tol = (_gamma(big_k, u) + _gamma(big_k, U64)) * m
         assert np.all(np.abs(np.asarray(y, np.float64) - exact) <= tol), dtype
+
+
+# ----------------------------------------------------------------------------- convergence, the
+# slower-training claim, the sensitivity of claim (c)
+
+
+class _Stop(Exception):
+    """Raised by a stand-in for training: nothing may train before the rules are on disk."""
+
+
+def test_rules_are_written_before_any_training(tmp_path, monkeypatch):
+    """The convergence criterion, the learning-rate grid and the sensitivity settings are in
+    ``nonlinearity.json``'s rules when the first training starts."""
+    seen = []
+
+    def first_training(*args, **kwargs):
+        record = json.loads((tmp_path / f"{nl.NAME}.json").read_text())
+        seen.append(record)
+        raise _Stop
+
+    monkeypatch.setattr(nl, "train_all", first_training)
+    monkeypatch.setattr(nl, "sweep", first_training)
+    with pytest.raises(_Stop):
+        nl.main(tmp_path, quick=False)
+    assert seen  # claim (c)'s training and the sweeps start together: each saw the file
+    assert all(r == seen[0] for r in seen)
+    record = seen[0]
+    assert record["status"].startswith("preregistered") and set(record) == {
+        "status", "setup", "rules"
+    }  # fmt: skip
+    rules, setup = record["rules"], record["setup"]
+    assert rules == json.loads(json.dumps(nl.RULES))
+    c = nl.CONVERGENCE
+    for number in (c["min_epochs"], c["window"], c["min_improvement"], c["max_epochs"]):
+        assert str(number) in rules["convergence"]
+    assert str([round(lr, 6) for lr in nl.LEARNING_RATES]) in rules["sweep"]
+    for key, setting in nl.SENSITIVITY.items():
+        assert f"{key}: {setting}" in rules["sensitivity"]
+    assert setup["convergence"] == c and setup["sensitivity"] == nl.SENSITIVITY
+    assert setup["learning_rates"] == list(nl.LEARNING_RATES)
+    assert setup["sweep_models"] == list(nl.ACTIVATIONS)
+
+
+@pytest.mark.parametrize(
+    ("loss", "expected"),
+    [
+        (np.ones(400), 150),  # flat: converged at the first window end judged
+        # towards 0 by a constant factor: window means 0.113, 0.025, 0.0054 from 50 on
+        (0.97 ** np.arange(400.0), 250),
+        (1 - 0.0004 * np.arange(400.0), 0),  # 0.02 a window, for ever: never
+        (np.r_[np.ones(120), np.full(280, 0.5)], 250),  # a drop at 120, then flat
+        (np.maximum(1 - 0.0004 * np.arange(400.0), 0.9), 350),  # falls until 250, then flat
+    ],
+)
+def test_converged_epoch(loss, expected):
+    # Windows end at multiples of 50 from max(min_epochs, 2 windows) = 150; at the end e, the
+    # mean over (e - 50, e] less than 0.01 below the mean over (e - 100, e - 50].
+    criterion = {"min_epochs": 150, "window": 50, "min_improvement": 0.01, "max_epochs": 400}
+    assert nl.converged_epoch(loss, criterion) == expected
+
+
+def _fake_sweep(acc_by_run: dict, epochs: int, learning_rates=nl.LEARNING_RATES, seeds=(0,)):
+    """A Sweep whose run (lr, data set, seed) has the [epochs, 3] accuracies given (default
+    all 1), flat loss (converged at its end)."""
+    runs = [(lr, n, s) for lr in learning_rates for n in nl.DATASETS for s in seeds]
+    accuracy = np.ones((len(runs), epochs, 3))
+    for key, value in acc_by_run.items():
+        accuracy[runs.index(key)] = value
+    return nl.Sweep(
+        runs, np.ones((len(runs), epochs)), accuracy, np.full(len(runs), epochs), epochs
+    )
+
+
+def test_protocol_takes_the_first_best_validation_epoch_within_the_budget():
+    acc = np.zeros((10, 3))
+    acc[:, 1] = [0.1, 0.5, 0.5, 0.2, 0.9, 0, 0, 0, 0, 0.95]  # validation
+    acc[:, 2] = np.arange(10) / 10  # test = epoch index / 10
+    sw = _fake_sweep({(nl.LEARNING_RATE, "spirals", 0): acc}, 10)
+    i = sw.runs.index((nl.LEARNING_RATE, "spirals", 0))
+    assert nl.best_validation_test(sw, i, 4) == 0.1  # epochs 2 and 3 tie: the first
+    assert nl.best_validation_test(sw, i, 9) == 0.4
+    assert nl.best_validation_test(sw, i, 10) == 0.9
+
+
+def test_sensitivity_applies_claim_c_rule_to_every_variant(monkeypatch):
+    epochs = 4
+    low = np.full((5 * epochs, 3), 0.7)  # below every threshold
+    # relu: fails only at the third learning rate; sigmoid: fails only after the budget
+    late = np.ones((5 * epochs, 3))
+    late[:epochs, 1] = 0.9
+    late[epochs:, 2] = 0.7  # the best validation epoch lies beyond the budget, with test 0.7
+    sweeps = {
+        "relu": _fake_sweep({(nl.LEARNING_RATES[2], "xor", 0): low}, 5 * epochs),
+        "sigmoid": _fake_sweep({(nl.LEARNING_RATE, "moons", 0): late}, 5 * epochs),
+    }
+    wide = _fake_sweep({}, epochs, (nl.LEARNING_RATE,))
+    monkeypatch.setattr(nl, "sweep", lambda *args, **kwargs: wide)
+    out = nl.sensitivity(sweeps, (0,), epochs, nl.CONVERGENCE)
+    assert {k: v["holds"] for k, v in out.items()} == {
+        "budget_x5": False,  # sigmoid on moons: the best validation epoch is 5, its test 0.7
+        "lr_third": True,
+        "lr_x3": False,  # relu on xor: 0.7 < 0.95
+        "width_x2": True,
+    }
+    assert out["budget_x5"]["accuracy"]["moons"]["sigmoid"]["test_mean"] == 0.7
+    assert out["lr_x3"]["accuracy"]["xor"]["relu"]["test_mean"] == 0.7
+
+
+def test_sensitivity_needs_the_budget_x5_epochs():
+    with pytest.raises(ValueError, match="budget x5"):
+        nl.sensitivity({"relu": _fake_sweep({}, 7)}, (0,), 2, nl.CONVERGENCE)

@@ -3,9 +3,13 @@
 The saturation numbers are checked against exact values computed here with Python's math
 module; the Ioffe & Szegedy verdicts are recomputed from the numbers recorded next to them
 (the experiment runs in its fast mode: a few hundred steps), and the tracked input against a
-float64 numpy forward pass.
+float64 numpy forward pass. Each experiment's sensitivity analysis (the same rule on runs that
+each change one setting) is checked the same way: its rules are on disk before any training,
+each variant's verdict follows from its recorded numbers, and the robustness sentence from
+the verdicts.
 """
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -239,6 +243,133 @@ def test_saturation_trained_network_landing_and_the_unit_interval_verdict(sat):
     assert "Where the normalised values land" in saturation.report(sat)
 
 
+class _Stop(Exception):
+    """Raised by a stand-in for an experiment's training, once it has checked the JSON."""
+
+
+def _preregistered(path: Path) -> dict:
+    """The record in ``path`` is the preregistration: the setup and the rules, no result."""
+    record = json.loads(path.read_text())
+    assert record["status"].startswith("preregistered")
+    assert set(record) == {"status", "setup", "rules"}
+    return record
+
+
+def test_saturation_sensitivity_rules_are_written_before_any_computation(tmp_path, monkeypatch):
+    seen = []
+
+    def stop(*args, **kwargs):
+        record = _preregistered(tmp_path / "batchnorm_saturation.json")
+        rules = record["rules"]
+        assert rules == json.loads(json.dumps(saturation.RULES))
+        assert rules["sensitivity_variants"] == {
+            "budget_x5": {"epochs": 150},
+            "learning_rate_x1_3": {"learning_rate": 0.5 / 3},
+            "learning_rate_x3": {"learning_rate": 1.5},
+            "skewed_sample": {"sample": "75 + 15 (1 - E), E ~ Exponential(1)"},
+        }
+        for name, words in saturation.SENSITIVITY_SETTINGS.items():
+            assert f"{name}: {words}" in rules["sensitivity"]
+        assert record["setup"]["trained"] == saturation.TRAINED
+        seen.append(True)
+        raise _Stop
+
+    # The sample's analysis comes first, the training after it: both stopped.
+    monkeypatch.setattr(saturation, "inputs", stop)
+    monkeypatch.setattr(saturation, "trained", stop)
+    with pytest.raises(_Stop):
+        saturation.main(tmp_path)
+    assert seen == [True]
+
+
+def _fractions(sample_landing: dict, layers: dict) -> list[float]:
+    return [sample_landing["fraction_in_unit_interval"]] + [
+        layer[part]["fraction_in_unit_interval"]
+        for layer in layers.values()
+        for part in ("x_hat_landing", "y_landing")
+    ]
+
+
+def test_saturation_sensitivity_variants_follow_from_the_numbers(sat):
+    original_sample = sat["sample"]["float32"]["bn"]["landing"]
+    original = sat["trained"]
+    holds = all(f == 1.0 for f in _fractions(original_sample, original["layers"]))
+    assert sat["claims"][1]["holds"] is holds is False
+    analysis = sat["sensitivity"]
+    assert analysis["run"] is True
+    variants = analysis["variants"]
+    assert list(variants) == list(saturation.SENSITIVITY)
+    for name, v in variants.items():
+        # The rule, unchanged: every fraction of the variant's numbers is 1.
+        assert v["holds"] is all(f == 1.0 for f in _fractions(v["sample_landing"], v["layers"]))
+        assert v["change"] == saturation.SENSITIVITY[name]
+        assert v["setting"] == saturation.SENSITIVITY_SETTINGS[name]
+        if name == "skewed_sample":  # the trained network is the original's
+            assert v["layers"] == original["layers"]
+            assert v["test_accuracy"] == original["test_accuracy"]
+        else:  # the sample is the original's; the network was trained again, differently
+            assert v["sample_landing"] == original_sample
+            assert v["layers"] != original["layers"]
+            assert 0.1 < v["test_accuracy"] <= 1  # it learned: chance is 0.1
+    # The skewed sample, standardised here in float64 numpy: the recorded float32 fraction is
+    # the same but for values within float32's error of 0 or 1 (the bound of the original
+    # sample's test: (n + 8) u max|x| / std, u = 2^-24), which may fall on either side.
+    x = saturation.skewed_sample()
+    x_hat = (x - x.mean()) / np.sqrt(x.var() + saturation.EPS)
+    tol = (len(x) + 8) * 2.0**-24 * np.max(np.abs(x)) / np.std(x)
+    near = int(np.sum((np.abs(x_hat) <= tol) | (np.abs(x_hat - 1) <= tol)))
+    got = variants["skewed_sample"]["sample_landing"]["fraction_in_unit_interval"]
+    assert abs(got - float(np.mean((x_hat >= 0) & (x_hat <= 1)))) <= near / len(x)
+    # The shape is the setting the share depends on: the skewed sample puts more inside.
+    assert got > original_sample["fraction_in_unit_interval"]
+
+
+def test_saturation_robustness_follows_from_the_variants(sat):
+    claim, variants = sat["claims"][1], sat["sensitivity"]["variants"]
+    analysis = claim["robustness"]
+    assert analysis["holds"] is claim["holds"]
+    assert [v["variant"] for v in analysis["variants"]] == list(variants)
+    for v in analysis["variants"]:
+        recorded = variants[v["variant"]]
+        assert v["holds"] is recorded["holds"] and v["setting"] == recorded["setting"]
+        sample = recorded["sample_landing"]["fraction_in_unit_interval"]
+        assert f"the sample's x̂ {sample:.3f}" in v["evidence"]
+    robust = all(v["holds"] == claim["holds"] for v in analysis["variants"])
+    assert analysis["robust"] is robust
+    assert analysis == common.robustness(claim["holds"], analysis["variants"])
+    assert analysis["sentence"].startswith("Robust" if robust else "Depends on the setup")
+    assert "robustness" not in sat["claims"][0]  # it holds: no sensitivity analysis
+    report = saturation.report(sat)
+    assert analysis["sentence"] in report
+    for name in variants:
+        assert saturation.LABELS[name] in report
+
+
+def test_saturation_sensitivity_runs_only_for_a_negative_verdict_outside_quick_mode(
+    sat, monkeypatch
+):
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained")
+
+    monkeypatch.setattr(saturation, "trained", no_training)
+    assert saturation.sensitivity(sat, quick=True) == {
+        "run": False,
+        "reason": saturation.QUICK_SKIP,
+    }
+    # A result whose every normalised value lay inside [0, 1] (made up here): the claim holds,
+    # nothing runs and the claim carries no robustness.
+    inside = copy.deepcopy(sat)
+    inside["sample"]["float32"]["bn"]["landing"]["fraction_in_unit_interval"] = 1.0
+    for layer in inside["trained"]["layers"].values():
+        for part in ("x_hat_landing", "y_landing"):
+            layer[part]["fraction_in_unit_interval"] = 1.0
+    inside["sensitivity"] = saturation.sensitivity(inside)
+    assert inside["sensitivity"] == {"run": False, "reason": saturation.NOT_NEEDED}
+    claim = saturation.claims(inside)[1]
+    assert claim["holds"] is True and "robustness" not in claim
+    assert saturation.NOT_NEEDED in saturation.report(inside)
+
+
 # ----------------------------------------------------------------------------- Ioffe
 
 
@@ -440,3 +571,175 @@ def test_ioffe_verdicts_follow_from_the_numbers(fig1):
 def test_ioffe_steps_must_be_a_multiple_of_eval_every():
     with pytest.raises(ValueError, match="multiple of eval_every"):
         ioffe.run(steps=150, eval_every=100)
+
+
+def test_ioffe_sensitivity_rules_are_written_before_any_training(tmp_path, monkeypatch):
+    seen = []
+
+    def stop(*args, **kwargs):
+        record = _preregistered(tmp_path / "batchnorm_ioffe_digits.json")
+        rules = record["rules"]
+        assert rules == json.loads(json.dumps(ioffe.RULES))
+        assert rules["sensitivity_variants"] == {
+            "budget_x5": {"steps_factor": 5},
+            "learning_rate_x1_3": {"learning_rate": 0.5 / 3},
+            "learning_rate_x3": {"learning_rate": 1.5},
+            "momentum_0_01": {"momentum": 0.01},
+        }
+        for name, words in ioffe.SENSITIVITY_SETTINGS.items():
+            assert f"{name}: {words}" in rules["sensitivity"]
+        setup = record["setup"]
+        assert (setup["steps"], setup["eval_every"], setup["sweep_learning_rates"]) == (
+            200,
+            100,
+            [0.5],
+        )
+        assert setup["batchnorm"]["momentum"] == 0.1
+        seen.append(True)
+        raise _Stop
+
+    monkeypatch.setattr(ioffe, "_train", stop)
+    with pytest.raises(_Stop):
+        ioffe.main(tmp_path, steps=200, eval_every=100, sweep=(0.5,))
+    assert seen == [True]
+
+
+@pytest.fixture(scope="module")
+def fig1_variants(fig1):
+    """The sensitivity runs at the fixture's scale (300 steps; the budget variant 1500),
+    called directly: whether they run in main depends on the verdicts."""
+    return json.loads(json.dumps(ioffe.sensitivity_runs(300, 100, fig1["runs"])))
+
+
+def test_ioffe_sensitivity_variants_change_one_setting(fig1, fig1_variants):
+    assert list(fig1_variants) == list(ioffe.SENSITIVITY)
+    original = fig1["runs"]
+    expected = {  # steps, learning rate, momentum
+        "budget_x5": (1500, 0.5, 0.1),
+        "learning_rate_x1_3": (300, 0.5 / 3, 0.1),
+        "learning_rate_x3": (300, 1.5, 0.1),
+        "momentum_0_01": (300, 0.5, 0.01),
+    }
+    for name, v in fig1_variants.items():
+        assert (v["steps"], v["learning_rate"], v["momentum"]) == expected[name]
+        assert v["setting"] == ioffe.SENSITIVITY_SETTINGS[name]
+        for net in ("plain", "bn"):
+            assert v["runs"][net]["step"] == list(range(0, v["steps"] + 1, 100))
+            # The same initial weights: step 0 is the original's.
+            assert v["runs"][net]["percentiles"][0] == original[net]["percentiles"][0]
+    # The budget: the same minibatches, so its first 300 steps are the original run.
+    budget = fig1_variants["budget_x5"]["runs"]
+    for net in ("plain", "bn"):
+        for key, values in budget[net].items():
+            if key != "seconds":
+                assert values[:4] == original[net][key], (net, key)
+    # The learning rates: the first step already differs.
+    for name in ("learning_rate_x1_3", "learning_rate_x3"):
+        for net in ("plain", "bn"):
+            assert (
+                fig1_variants[name]["runs"][net]["percentiles"][1]
+                != (original[net]["percentiles"][1])
+            )
+    # The momentum enters the running statistics only: the plain run is the original's, and
+    # the BN network trains (batch statistics) and reads Algorithm 2's statistics as the
+    # original, bit for bit; only what is read with the running statistics differs.
+    momentum = fig1_variants["momentum_0_01"]["runs"]
+    assert momentum["plain"] == {k: original["plain"][k] for k in momentum["plain"]}
+    for key in ("percentiles_population", "test_accuracy_population"):
+        assert momentum["bn"][key] == original["bn"][key]
+    assert momentum["bn"]["percentiles"][1:] != original["bn"]["percentiles"][1:]
+
+
+def test_ioffe_sensitivity_verdicts_follow_from_the_numbers(fig1_variants):
+    for v in fig1_variants.values():
+        runs, d = v["runs"], v["decisions"]
+        s_plain, s_bn, holds = _claim1(
+            runs["plain"]["test_accuracy"],
+            runs["bn"]["test_accuracy"],
+            runs["plain"]["step"],
+            ioffe.TARGET_ACCURACY,
+        )
+        assert d["claim_1"]["steps_to_target"] == {"plain": s_plain, "bn": s_bn}
+        assert d["claim_1"]["holds"] is holds
+        ratios = {
+            "plain": _movement_over_spread(runs["plain"]["percentiles"]),
+            "bn": _movement_over_spread(runs["bn"]["percentiles"]),
+            "bn_population": _movement_over_spread(runs["bn"]["percentiles_population"]),
+        }
+        for net, claim in (
+            ("plain", "claim_2"),
+            ("bn", "claim_2"),
+            ("bn_population", "claim_2_population"),
+        ):
+            np.testing.assert_allclose(
+                list(d[claim][net]["movement_over_spread"].values()), ratios[net], rtol=1e-9
+            )
+        assert d["claim_2"]["holds"] is bool(np.all(ratios["bn"] < ratios["plain"]))
+        assert d["claim_2_population"]["holds"] is bool(
+            np.all(ratios["bn_population"] < ratios["plain"])
+        )
+
+
+def _failing(result: dict, variants: dict, claim: str = "claim_2") -> dict:
+    """``result`` with ``claim``'s verdict made negative (made up, to reach the analysis's code
+    path whatever the small run decided) and ``variants`` as its sensitivity analysis."""
+    made_up = copy.deepcopy(result)
+    made_up["decisions"][claim]["holds"] = False
+    made_up["sensitivity"] = {"run": True, "negative_claims": [claim], "variants": variants}
+    return made_up
+
+
+def test_ioffe_robustness_follows_from_the_variants(fig1, fig1_variants):
+    result = _failing(fig1, fig1_variants)
+    claims = ioffe.claims(result)
+    assert [c["holds"] for c in claims] == [result["decisions"][k]["holds"] for k in ioffe.CLAIMS]
+    for c in claims:
+        assert ("robustness" in c) is (not c["holds"])
+    claim = claims[1]
+    assert claim["rule"] == ioffe.RULES["claim_2"]
+    analysis = claim["robustness"]
+    assert [v["variant"] for v in analysis["variants"]] == list(fig1_variants)
+    for v in analysis["variants"]:
+        recorded = fig1_variants[v["variant"]]
+        assert v["holds"] is recorded["decisions"]["claim_2"]["holds"]
+        bn = recorded["decisions"]["claim_2"]["bn"]["movement_over_spread"]
+        assert v["evidence"].startswith(
+            "movement/spread of p15, p50, p85: " + ", ".join(f"{bn[q]:.2f}" for q in ioffe.Q)
+        )
+    robust = all(v["holds"] is False for v in analysis["variants"])
+    assert analysis["robust"] is robust
+    assert analysis == common.robustness(False, analysis["variants"])
+    # The printed report and the figure show the analysis.
+    report = ioffe.report({**result, "claims": claims})
+    assert analysis["sentence"] in report
+    for name in fig1_variants:
+        assert ioffe.LABELS[name] in report
+    fig = ioffe.figure(result)
+    assert len(fig.axes) == 5 and fig.axes[4].get_title().startswith("(e) sensitivity")
+
+
+def test_ioffe_sensitivity_runs_only_for_a_negative_verdict_outside_quick_mode(
+    fig1, fig1_variants, monkeypatch
+):
+    def no_training(*args, **kwargs):
+        raise AssertionError("sensitivity_runs")
+
+    # At the fixture's scale main decided whether to run it: only if a claim does not hold.
+    holds = all(fig1["decisions"][k]["holds"] for k in ioffe.CLAIMS)
+    assert fig1["sensitivity"]["run"] is (not holds)
+    if holds:
+        assert fig1["sensitivity"] == {"run": False, "reason": ioffe.NOT_NEEDED}
+        assert all("robustness" not in c for c in fig1["claims"])
+        assert len(ioffe.figure(fig1).axes) == 4
+    else:
+        negative = [k for k in ioffe.CLAIMS if not fig1["decisions"][k]["holds"]]
+        assert fig1["sensitivity"]["negative_claims"] == negative
+    monkeypatch.setattr(ioffe, "sensitivity_runs", no_training)
+    assert ioffe.sensitivity(_failing(fig1, fig1_variants), quick=True) == {
+        "run": False,
+        "reason": ioffe.QUICK_SKIP,
+    }
+    made_up = copy.deepcopy(fig1)
+    for k in ioffe.CLAIMS:
+        made_up["decisions"][k]["holds"] = True
+    assert ioffe.sensitivity(made_up) == {"run": False, "reason": ioffe.NOT_NEEDED}

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from jaxnn_experiments import EXPERIMENTS, cli
+from jaxnn_experiments import EXPERIMENTS, cli, common
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NO_FIGURE = {"backprop_worked_example"}  # a table of published numbers
@@ -90,3 +90,56 @@ def test_compare_reports_numbers_that_differ_and_lists_strings(tmp_path, capsys)
     (new / "y.json").write_text("{}")
     assert compare.main([str(old), str(new)]) == 1  # a file of one folder only
     assert compare.main([str(old)]) == 2
+
+
+# ----------------------------------------------------------------------------- preregistration,
+# robustness
+
+
+def test_publish_refuses_rules_that_changed_after_the_preregistration(tmp_path, monkeypatch):
+    common.preregister("x", tmp_path, {"a": 1}, {"rule": "holds if a >= 1"})
+    with pytest.raises(ValueError, match="preregistered"):
+        common.publish("x", tmp_path, {"rules": {"rule": "holds if a >= 0"}}, {}, "report")
+    assert json.loads((tmp_path / "x.json").read_text())["rules"] == {"rule": "holds if a >= 1"}
+    common.publish("x", tmp_path, {"rules": {"rule": "holds if a >= 1"}, "a": 1}, {}, "report")
+    assert json.loads((tmp_path / "x.json").read_text())["a"] == 1
+
+
+def test_robustness_says_whether_every_variant_gives_the_original_verdict():
+    same = common.variant("budget_x5", "1000 epochs", False, "0.70 < 0.85")
+    other = common.variant("lr_x3", "learning rate 0.03", True, "0.90 >= 0.85")
+    robust = common.robustness(False, [same])
+    assert robust["robust"] is True and robust["holds"] is False
+    assert robust["sentence"].startswith("Robust") and "budget_x5" in robust["sentence"]
+    depends = common.robustness(False, [same, other])
+    assert depends["robust"] is False
+    assert depends["sentence"].startswith("Depends on the setup: the claim holds in lr_x3")
+    assert "does not hold in budget_x5" in depends["sentence"]
+    assert "original verdict (does not hold) stands" in depends["sentence"]
+    with pytest.raises(ValueError, match="at least one variant"):
+        common.robustness(False, [])
+    with pytest.raises(TypeError, match="computed by the rule"):
+        common.variant("lr_x3", "0.03", "yes", "")
+    with pytest.raises(ValueError, match="the claim's is True"):
+        common.claim("c", "r", True, "e", "f", robustness=depends)
+
+
+def test_report_gives_the_variants_beside_the_original_verdict():
+    from jaxnn_experiments import reproduce
+
+    variants = [
+        common.variant("budget_x5", "budget x5: 1000 epochs", True, "lowest 0.88"),
+        common.variant("lr_x3", "learning rate 0.03", False, "lowest 0.62"),
+    ]
+    claims = [
+        common.claim("It separates.", "holds if >= 0.85", False, "lowest 0.63", "x.png",
+                     robustness=common.robustness(False, variants)),
+        common.claim("It is linear.", "holds if <= 0.8", True, "0.7", "x.png"),
+    ]  # fmt: skip
+    report = reproduce._report(["x"], {"x": {"claims": claims}}, {}, quick=False)
+    assert "| x | It separates. | **does not hold** | depends on the setup | x.png |" in report
+    assert "| x | It is linear. | **holds** |  | x.png |" in report
+    assert "**Verdict: does not hold.** lowest 0.63." in report
+    assert "| budget x5: 1000 epochs | holds | lowest 0.88 |" in report
+    assert "| learning rate 0.03 | does not hold | lowest 0.62 |" in report
+    assert claims[0]["robustness"]["sentence"] in report
