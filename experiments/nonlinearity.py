@@ -987,7 +987,8 @@ def _claim_slower(result: dict[str, Any]) -> dict[str, Any]:
         result["verdicts"]["claim_slower"],
         f"median epochs to reach training accuracy {NONLINEAR_AT_LEAST[SLOWER_DATASET]} on "
         f"{SLOWER_DATASET} at learning rate {LEARNING_RATE}: {medians} (a run that never "
-        "reaches it counts as one more than it ran); at initialisation, the mean φ'(z) over "
+        f"reaches it counts as {result['setup']['convergence']['max_epochs'] + 1}); at "
+        "initialisation, the mean φ'(z) over "
         "the hidden units, and the gradient reaching the first kernel over the last's from the "
         f"hand-derived backward: {derivative}. Through each sigmoid layer the backpropagated "
         "signal is multiplied by σ'(z) <= 1/4 (vanishing_gradients, claim 1), so the first "
