@@ -909,7 +909,9 @@ def _gap_by_size(ax: Any, result: dict[str, Any]) -> None:
         low = mean - np.asarray([g["min"] for g in gap])
         high = np.asarray([g["max"] for g in gap]) - mean
         x = n * 1.04 ** (j - (len(METHODS) - 1) / 2)  # side by side on the log axis
-        ax.errorbar(x, mean, yerr=[low, high], color=COLORS[method], marker="o", ms=4,
+        # yerr as one [2, sizes] array: a list of arrays trips a NumPy deprecation inside
+        # matplotlib's errorbar with NumPy 2.0
+        ax.errorbar(x, mean, yerr=np.stack([low, high]), color=COLORS[method], marker="o", ms=4,
                     capsize=3, lw=1.2, label=LABELS[method])  # fmt: skip
     for s in sizes:
         ax.annotate(
