@@ -235,7 +235,8 @@ RULES = {
     f"{CONVERGENCE['max_epochs']} epochs and counts as not converged; the training loss of an "
     "epoch is the mean of its minibatch losses (train mode)",
     "test_accuracy_converged": "claim_c's test_accuracy with the budget replaced by "
-    "convergence: the test accuracy of the recorded epoch, up to the run's last, with the best "
+    "convergence: the test accuracy of the recorded epoch, up to the run's convergence epoch "
+    "(its last if it never converged), with the best "
     "validation accuracy (the first of equals); the train and test accuracy of the last epoch "
     "are reported beside it",
     "learning_rate_selection": "for each activation, data set and seed, the learning rate of "
@@ -787,9 +788,11 @@ def ran(sw: Sweep, i: int) -> int:
 
 def epochs_to_fit(sw: Sweep, i: int, threshold: float) -> int:
     """The first recorded epoch (1-based, a multiple of ``EVALUATE_EVERY``) of run ``i``
-    whose training accuracy is >= ``threshold``; the cap + 1 if none is."""
+    whose training accuracy is >= ``threshold``, up to its convergence epoch (the epochs a
+    converged run trains beside the others are not its run); the cap + 1 if none is."""
+    last, _ = at_convergence(sw, i)
     with np.errstate(invalid="ignore"):
-        hits = np.flatnonzero(sw.accuracy[i, :, 0] >= threshold)
+        hits = np.flatnonzero(sw.accuracy[i, :last, 0] >= threshold)
     return int(hits[0]) + 1 if len(hits) else sw.max_epochs + 1
 
 
@@ -1061,8 +1064,10 @@ def setup(quick: bool = False) -> dict[str, Any]:
 
 def best_recorded(sw: Sweep, i: int) -> int:
     """The index of run ``i``'s recorded epoch with the best validation accuracy (the first of
-    equals), up to its last epoch."""
-    return int(np.nanargmax(sw.accuracy[i, :, 1]))
+    equals), up to its convergence epoch (its last if it never converged): a converged run may
+    go on training beside the others, and those epochs are not its run."""
+    last, _ = at_convergence(sw, i)
+    return int(np.nanargmax(sw.accuracy[i, :last, 1]))
 
 
 def converged_table(sweeps: dict[str, Sweep], seeds: Sequence[int]) -> dict[str, Any]:

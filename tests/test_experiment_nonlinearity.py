@@ -358,6 +358,27 @@ def test_sensitivity_applies_claim_c_rule_to_every_variant(monkeypatch):
     assert out["lr_x3"]["accuracy"]["xor"]["relu"]["test_mean"] == 0.7
 
 
+def test_at_convergence_the_best_validation_epoch_is_within_the_run():
+    """A run that converged keeps training beside the others; its later epochs are not its
+    run: neither the best validation epoch nor the learning-rate choice may come from them."""
+    epochs = 20
+    acc = np.full((epochs, 3), 0.5)
+    acc[4] = [0.9, 0.8, 0.96]  # the best validation epoch within the run: 5
+    acc[15] = [1.0, 1.0, 0.1]  # after its convergence at 10: must be ignored
+    key = (nl.LEARNING_RATES[0], "spirals", 0)
+    sw = _fake_sweep({key: acc}, epochs)
+    sw.converged[sw.runs.index(key)] = 10
+    other = sw.runs.index((nl.LEARNING_RATES[1], "spirals", 0))
+    sw.accuracy[other, :, 1] = 0.85  # the other rates' runs: validation 0.85, test 1.0
+    sw.accuracy[sw.runs.index((nl.LEARNING_RATES[2], "spirals", 0)), :, 1] = 0.85
+    assert nl.best_recorded(sw, sw.runs.index(key)) == 4  # epoch 5, not 16
+    assert nl.epochs_to_fit(sw, sw.runs.index(key), 0.95) == epochs + 1  # not 16: never
+    row = nl.converged_table({"relu": sw}, (0,))["spirals"]["relu"]
+    assert row["validation_by_rate"] == [[0.8, 0.85, 0.85]]
+    assert row["learning_rate"] == [nl.LEARNING_RATES[1]]  # 0.85 beats 0.8, not 1.0
+    assert row["best_epoch"] == [1] and row["test"] == [1.0]  # the first of equal epochs
+
+
 def test_sensitivity_needs_the_budget_x5_epochs():
     with pytest.raises(ValueError, match="budget x5"):
         nl.sensitivity({"relu": _fake_sweep({}, 7)}, (0,), 2, nl.CONVERGENCE)
