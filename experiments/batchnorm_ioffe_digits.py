@@ -893,7 +893,7 @@ def main(
 ) -> dict[str, Any]:
     """Run the experiment; write ``batchnorm_ioffe_digits.json`` and ``.png``; print the report.
 
-    The setup and the rules are written to ``batchnorm_ioffe_digits.json`` first
+    The setup and the rules are written to ``batchnorm_ioffe_digits.preregistered.json`` first
     (:func:`common.preregister`). ``quick=True`` runs :data:`QUICK` (the numbers are then not
     the paper's comparison) and no sensitivity analysis.
     """

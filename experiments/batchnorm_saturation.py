@@ -896,7 +896,7 @@ def _unit_interval_claim(result: dict[str, Any]) -> dict[str, Any]:
 def main(out_dir: Path | str = "results", *, quick: bool = False) -> dict[str, Any]:
     """Run the experiment; write ``batchnorm_saturation.json`` and ``.png``; print the report.
 
-    The setup and the rules are written to ``batchnorm_saturation.json`` first
+    The setup and the rules are written to ``batchnorm_saturation.preregistered.json`` first
     (:func:`common.preregister`). ``quick`` changes nothing but skip the sensitivity analysis
     (:func:`sensitivity`): the experiment then takes about 15 seconds on 2 CPU cores.
     """

@@ -12,8 +12,9 @@ under ``"labels"``, so a reader of the JSON has it too. An experiment's ``main``
 
 and ``python -m jaxnn_experiments.<name> [out_dir]`` runs it through :func:`script`. The rules
 are fixed before the run, and written before it: ``main`` first calls :func:`preregister`, which
-writes ``<name>.json`` holding only the setup and the rules, and :func:`publish` replaces it
-with the result when the run ends (a run that fails leaves the preregistration). A claim that
+writes ``<name>.preregistered.json`` holding only the setup and the rules, and :func:`publish`
+refuses a result whose rules differ from them (an earlier run's ``<name>.json`` stays until the
+new result replaces it). A claim that
 does not hold carries a sensitivity analysis (:func:`variant`, :func:`robustness`): the same rule
 applied to runs that each change one setting, fixed before the run (:func:`sensitivity_rule`);
 the original verdict stays, and the analysis says whether it is robust. A loop
@@ -240,27 +241,32 @@ def table(
 def preregister(
     name: str, out_dir: Path | str, setup: Mapping[str, Any], rules: Mapping[str, Any]
 ) -> Path:
-    """Write ``<name>.json`` holding the setup and the rules only, before any training.
+    """Write ``<name>.preregistered.json``: the setup and the rules only, before any training.
 
     The rules that decide the claims (criteria, grids, sensitivity settings) are then on disk
-    before the first result exists; :func:`publish` replaces the file with the whole result,
-    whose ``setup`` and ``rules`` must be these. A run that fails leaves this file.
+    before the first result exists; :func:`publish` refuses a result whose ``rules`` differ
+    from these. ``<name>.json``, an earlier run's result, is left as it is until
+    :func:`publish` replaces it, so a run that fails loses nothing.
 
     Returns:
       The path written.
     """
     record = {
         "status": "preregistered: the setup and the rules, written before any training; the "
-        "run's result replaces this file when it ends",
+        f"run's result, with these rules, is {name}.json",
         "setup": dict(setup),
         "rules": dict(rules),
     }
     _check_keys(record)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.json"
+    path = _preregistration(out, name)
     path.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
     return path
+
+
+def _preregistration(out: Path, name: str) -> Path:
+    return out / f"{name}.preregistered.json"
 
 
 def _check_preregistered(path: Path, result: Mapping[str, Any]) -> None:
@@ -293,15 +299,15 @@ def publish(
 
     Raises:
       ValueError: a key of ``result`` or ``labels`` is not an identifier, or the rules differ
-        from those :func:`preregister` wrote into ``<name>.json`` before the run (nothing is
-        written).
+        from those :func:`preregister` wrote into ``<name>.preregistered.json`` before the run
+        (nothing is written).
     """
     result = {**result, "labels": dict(labels)}
     _check_keys(result)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / f"{name}.json"]
-    _check_preregistered(written[0], result)
+    _check_preregistered(_preregistration(out, name), result)
     written[0].write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     if figure is not None:
         written.append(out / f"{name}.png")

@@ -76,7 +76,7 @@ minibatch orders. When claim (c) does not hold, its rule is applied unchanged to
 of ``SENSITIVITY`` (the budget ×5 and the learning rates ×⅓ and ×3 read from the sweep, hidden
 widths ×2 a sweep of its own), and the report says whether the verdict is robust.
 
-``RULES`` (fixed before the run, written to the JSON before it, also in the result) decides
+``RULES`` (fixed before the run, written to disk before it, also in the result) decides
 the claims. Writes
 ``nonlinearity.json`` and ``.png``; ``main(out_dir, quick=True)`` runs the same code with one
 seed, fewer epochs, ``QUICK_MODELS`` only (linear, identity stack, relu: every model is a
@@ -1458,8 +1458,8 @@ def _sweep_report(result: dict[str, Any]) -> list[str]:
 def main(out_dir: Path | str = "results", *, quick: bool = False) -> dict[str, Any]:
     """Run the experiment; write ``nonlinearity.json`` and ``.png``; print the report.
 
-    The setup and the rules are written to ``nonlinearity.json`` before any training
-    (:func:`jaxnn_experiments.common.preregister`); the result replaces them at the end.
+    The setup and the rules are written to ``nonlinearity.preregistered.json`` before any
+    training (:func:`jaxnn_experiments.common.preregister`); the result must keep them.
     """
     common.preregister(NAME, out_dir, setup(quick), RULES)
     result, arrays = run(quick=quick)

@@ -58,8 +58,9 @@ variants use the strengths selected in the original run; the original verdict is
 verdict either way (:func:`jaxnn_experiments.common.robustness`).
 
 ``main(out_dir, quick=True)`` runs the same code with fewer seeds and epochs, one grid value
-per regularizer, and the original size only. ``main`` writes the setup and ``RULES`` to the
-JSON before any training (:func:`jaxnn_experiments.common.preregister`). The run is float32
+per regularizer, and the original size only. ``main`` writes the setup and ``RULES`` to
+``regularization.preregistered.json`` before any training
+(:func:`jaxnn_experiments.common.preregister`). The run is float32
 whatever ``jax_enable_x64`` says.
 
 References: Goodfellow, Bengio & Courville, *Deep Learning* (2016), ch. 7; Srivastava et al.,
@@ -1192,7 +1193,8 @@ def report(result: dict[str, Any]) -> str:
 def main(out_dir: Path | str = "results", *, quick: bool = False) -> dict[str, Any]:
     """Run the experiment; write ``regularization.json`` and ``.png``; print the report.
 
-    The setup and ``RULES`` are written to ``regularization.json`` before any training.
+    The setup and ``RULES`` are written to ``regularization.preregistered.json`` before any
+    training.
     """
     splits = digits(seed=DIGITS_SEED)
     common.preregister(NAME, out_dir, setup(quick, splits), RULES)

@@ -266,7 +266,7 @@ def test_rules_are_written_before_any_training(tmp_path, monkeypatch):
     seen = []
 
     def first_training(*args, **kwargs):
-        record = json.loads((tmp_path / f"{nl.NAME}.json").read_text())
+        record = json.loads((tmp_path / f"{nl.NAME}.preregistered.json").read_text())
         seen.append(record)
         raise _Stop
 

@@ -288,7 +288,7 @@ def test_the_rules_are_written_before_any_training(tmp_path, monkeypatch):
     seen = []
 
     def first_training(*args, **kwargs):
-        seen.append(json.loads((tmp_path / f"{reg.NAME}.json").read_text()))
+        seen.append(json.loads((tmp_path / f"{reg.NAME}.preregistered.json").read_text()))
         raise _Preregistered
 
     monkeypatch.setattr(reg, "_train", first_training)

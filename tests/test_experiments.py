@@ -259,7 +259,7 @@ def test_saturation_sensitivity_rules_are_written_before_any_computation(tmp_pat
     seen = []
 
     def stop(*args, **kwargs):
-        record = _preregistered(tmp_path / "batchnorm_saturation.json")
+        record = _preregistered(tmp_path / "batchnorm_saturation.preregistered.json")
         rules = record["rules"]
         assert rules == json.loads(json.dumps(saturation.RULES))
         assert rules["sensitivity_variants"] == {
@@ -577,7 +577,7 @@ def test_ioffe_sensitivity_rules_are_written_before_any_training(tmp_path, monke
     seen = []
 
     def stop(*args, **kwargs):
-        record = _preregistered(tmp_path / "batchnorm_ioffe_digits.json")
+        record = _preregistered(tmp_path / "batchnorm_ioffe_digits.preregistered.json")
         rules = record["rules"]
         assert rules == json.loads(json.dumps(ioffe.RULES))
         assert rules["sensitivity_variants"] == {

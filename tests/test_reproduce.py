@@ -97,12 +97,17 @@ def test_compare_reports_numbers_that_differ_and_lists_strings(tmp_path, capsys)
 
 
 def test_publish_refuses_rules_that_changed_after_the_preregistration(tmp_path, monkeypatch):
+    earlier = tmp_path / "x.json"
+    earlier.write_text('{"an": "earlier result"}')
     common.preregister("x", tmp_path, {"a": 1}, {"rule": "holds if a >= 1"})
+    assert earlier.read_text() == '{"an": "earlier result"}'  # kept until a result replaces it
     with pytest.raises(ValueError, match="preregistered"):
         common.publish("x", tmp_path, {"rules": {"rule": "holds if a >= 0"}}, {}, "report")
-    assert json.loads((tmp_path / "x.json").read_text())["rules"] == {"rule": "holds if a >= 1"}
+    assert earlier.read_text() == '{"an": "earlier result"}'
+    record = json.loads((tmp_path / "x.preregistered.json").read_text())
+    assert record["rules"] == {"rule": "holds if a >= 1"} and record["setup"] == {"a": 1}
     common.publish("x", tmp_path, {"rules": {"rule": "holds if a >= 1"}, "a": 1}, {}, "report")
-    assert json.loads((tmp_path / "x.json").read_text())["a"] == 1
+    assert json.loads(earlier.read_text())["a"] == 1
 
 
 def test_robustness_says_whether_every_variant_gives_the_original_verdict():
