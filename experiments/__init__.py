@@ -19,4 +19,6 @@ EXPERIMENTS = (
     "batchnorm_saturation",
     "batchnorm_ioffe_digits",
     "regularization",
+    "depth_residual",
+    "norm_batch_size",
 )

@@ -35,10 +35,13 @@ import numpy as np
 
 from jaxnn import batchnorm as _batchnorm
 from jaxnn import combinators as _combinators
+from jaxnn import conv as _conv
 from jaxnn import gradcheck
 from jaxnn import layers as _layers
 from jaxnn import losses as _losses
 from jaxnn import networks as _networks
+from jaxnn import norms as _norms
+from jaxnn import pooling as _pooling
 from jaxnn import regularization as _regularization
 from jaxnn._typing import Array, Layer, Params, PRNGKey
 from jaxnn.activations import ACTIVATIONS, Activation
@@ -234,6 +237,188 @@ def _manual(key: PRNGKey) -> gradcheck.GradCase:
     return _masked_mlp(key, manual)
 
 
+# ---- shapes, residual, cnn
+
+
+def _flatten(key: PRNGKey) -> gradcheck.GradCase:
+    k_shape, k_case = jax.random.split(key)
+    return layer_case(_layers.flatten(), _dims(k_shape, 4, 1, 4), train=False, key=k_case)
+
+
+def _reshape(key: PRNGKey) -> gradcheck.GradCase:
+    k_shape, k_case = jax.random.split(key)
+    batch, h, w = _dims(k_shape, 3, 1, 4)
+    return layer_case(_layers.reshape((h, -1, 2)), (batch, h * w * 2), train=False, key=k_case)
+
+
+def _residual(projection: bool) -> MakeCase:
+    """A residual block with BatchNorm and dropout inside (train), identity or projection."""
+
+    def make(key: PRNGKey) -> gradcheck.GradCase:
+        k_shape, k_case = jax.random.split(key)
+        batch, n_in, hidden = _dims(k_shape, 3, 2, 6)
+        n_out = hidden if projection else n_in
+        block = _combinators.serial(
+            _layers.dense(hidden, b_init=_NORMAL),
+            _batchnorm.batchnorm(),
+            _layers.activation("tanh"),
+            _layers.dropout(0.2),
+            _layers.dense(n_out, b_init=_NORMAL),
+        )
+        shortcut = _layers.dense(n_out, b_init=_NORMAL) if projection else None
+        layer = _combinators.residual(block, shortcut)
+        return layer_case(layer, (batch, n_in), train=True, key=k_case)
+
+    return make
+
+
+def _cnn(residual: bool, norm: str) -> MakeCase:
+    """A small ``cnn`` (stem, two stages, pooling, head) in training."""
+
+    def make(key: PRNGKey) -> gradcheck.GradCase:
+        k_shape, k_case = jax.random.split(key)
+        batch, side = _dims(k_shape, 2, 2, 4)
+        side = 2 * side  # one halving
+        net = _networks.cnn(
+            (side, side, 1), (2, 4), 3, residual=residual, norm=norm, groups=2,
+            pool="max" if residual else "avg", activation="softplus",
+        )  # fmt: skip
+        return layer_case(net, (batch, side * side), train=True, key=k_case)
+
+    return make
+
+
+# ---- norms
+# LayerNorm, GroupNorm and RMSNorm compute the same thing in train and eval mode (no state, no
+# running statistics), so train mode is the only mode that matters: one case each.
+
+
+def _random_affine(layer: Layer) -> Layer:
+    """``layer`` whose init draws gamma ~ 1 + N(0, 1) and beta ~ N(0, 1) (init's 1 and 0
+    would leave a gamma missing from ``dx`` unseen)."""
+
+    def init(key: PRNGKey, input_shape: Any) -> tuple[Params, Any]:
+        params, state = layer.init(key, input_shape)
+        keys = dict(zip(sorted(params), jax.random.split(key, max(len(params), 1)), strict=False))
+        params = {
+            k: (1.0 if k == "gamma" else 0.0) + _NORMAL(keys[k], v.shape, v.dtype)
+            for k, v in params.items()
+        }
+        return params, state
+
+    return layer._replace(init=init)
+
+
+def _norm_shape(key: PRNGKey) -> tuple[int, ...]:
+    d = _dims(key, 4, 1, 5)
+    # [batch, features] or [batch, length, features]; a batch of one is fine for these norms
+    return (d[1], d[2]) if d[0] % 2 else (d[1], d[3], d[2])
+
+
+def _layernorm(key: PRNGKey) -> gradcheck.GradCase:
+    k_shape, k_case = jax.random.split(key)
+    shape = _norm_shape(k_shape)
+    shape = shape if shape[-1] > 1 else (*shape[:-1], 2)  # a spread to normalise
+    return layer_case(_random_affine(_norms.layernorm()), shape, train=True, key=k_case)
+
+
+def _layernorm_axes(key: PRNGKey) -> gradcheck.GradCase:
+    """Several normalised axes: the trailing (H, W, C) of NHWC, or a non-trailing pair."""
+    k_shape, k_axes, k_case = jax.random.split(key, 3)
+    batch, h, w, c = _dims(k_shape, 4, 1, 4)
+    axis = ((-3, -2, -1), (1, 3))[_dims(k_axes, 1, 0, 2)[0]]
+    layer = _random_affine(_norms.layernorm(axis=axis))
+    return layer_case(
+        layer, (batch, h, w + 1, c), train=True, key=k_case,
+        shapes=f"train x({batch}, {h}, {w + 1}, {c}), axis {axis}",
+    )  # fmt: skip
+
+
+def _groupnorm(key: PRNGKey) -> gradcheck.GradCase:
+    """NHWC, C = G · C/G; G from 1 (LayerNorm of a CNN) to C (InstanceNorm)."""
+    k_shape, k_case = jax.random.split(key)
+    batch, side, groups, per_group = _dims(k_shape, 4, 1, 4)
+    shape = (batch, side, side + 1, groups * per_group)
+    return layer_case(
+        _random_affine(_norms.groupnorm(groups)), shape, train=True, key=k_case,
+        shapes=f"train x{shape}, {groups} groups",
+    )  # fmt: skip
+
+
+def _rmsnorm(key: PRNGKey) -> gradcheck.GradCase:
+    k_shape, k_case = jax.random.split(key)
+    layer = _random_affine(_norms.rmsnorm())
+    return layer_case(layer, _norm_shape(k_shape), train=True, key=k_case)
+
+
+# ---- conv/pooling
+# Convolution and pooling compute the same thing in train and eval mode (no state): one mode.
+# Shapes stay small (finite differences probe every case); geometry is drawn on the host.
+
+
+def _geometry_draw(key: PRNGKey, groups: bool = False) -> tuple[tuple[int, ...], dict, str]:
+    """A random conv2d geometry: (input shape, conv2d options, report text)."""
+    rng = _host_rng(key)
+    k = tuple(int(v) for v in rng.integers(1, 4, 2))
+    s = tuple(int(v) for v in rng.integers(1, 3, 2))
+    d = tuple(int(v) for v in rng.integers(1, 3, 2))
+    padding = [
+        "SAME", "VALID", int(rng.integers(0, 3)),
+        tuple(tuple(int(v) for v in rng.integers(0, 3, 2)) for _ in range(2)),
+    ][int(rng.integers(0, 4))]  # fmt: skip
+    h, w = (int((kk - 1) * dd + 1 + rng.integers(0, 4)) for kk, dd in zip(k, d, strict=True))
+    g = int(rng.integers(2, 4)) if groups else 1
+    c_in = g * int(rng.integers(1, 3))
+    depthwise = groups and rng.integers(0, 2) == 1  # groups = C_in
+    g = c_in if depthwise else g
+    features = g * int(rng.integers(1, 3))
+    shape = (int(rng.integers(1, 3)), h, w, c_in)
+    options = dict(strides=s, padding=padding, kernel_dilation=d, feature_group_count=g)
+    text = f"x{shape}, {features} features, kernel {k}, strides {s}, dilation {d}, {padding!r}"
+    return shape, {"features": features, "kernel_size": k, **options}, text + f", groups {g}"
+
+
+def _conv2d(groups: bool) -> MakeCase:
+    def make(key: PRNGKey) -> gradcheck.GradCase:
+        k_shape, k_case = jax.random.split(key)
+        shape, options, text = _geometry_draw(k_shape, groups)
+        layer = _conv.conv2d(**options, b_init=_NORMAL)
+        return layer_case(layer, shape, train=True, key=k_case, shapes=text)
+
+    return make
+
+
+def _pool(kind: str, padded: bool, count_include_pad: bool = True) -> MakeCase:
+    """max_pool or avg_pool at a random window and stride (the window's by default), padded
+    by less than the window (or "SAME") when ``padded``."""
+
+    def make(key: PRNGKey) -> gradcheck.GradCase:
+        k_shape, k_case = jax.random.split(key)
+        rng = _host_rng(k_shape)
+        window = tuple(int(v) for v in rng.integers(1, 4, 2))
+        strides = None if rng.integers(0, 2) else tuple(int(v) for v in rng.integers(1, 4, 2))
+        padding: Any = "VALID"
+        if padded:
+            padding = "SAME" if rng.integers(0, 3) == 0 else tuple(
+                tuple(int(rng.integers(0, k)) for _ in range(2)) for k in window
+            )  # fmt: skip
+        h, w = (k + int(rng.integers(0, 4)) for k in window)
+        shape = (int(rng.integers(1, 3)), h, w, int(rng.integers(1, 3)))
+        if kind == "max":
+            layer = _pooling.max_pool(window, strides, padding)
+        else:
+            layer = _pooling.avg_pool(window, strides, padding, count_include_pad=count_include_pad)
+        text = f"x{shape}, window {window}, strides {strides or window}, {padding!r}"
+        return layer_case(layer, shape, train=True, key=k_case, shapes=text)
+
+    return make
+
+
+def _global_avg_pool(key: PRNGKey) -> gradcheck.GradCase:
+    k_shape, k_case = jax.random.split(key)
+    return layer_case(_pooling.global_avg_pool(), _dims(k_shape, 4, 1, 4), train=True, key=k_case)
+
+
 # ----------------------------------------------------------------------------- penalties
 
 
@@ -310,6 +495,23 @@ CASES: dict[str, MakeCase] = {
     "layers.mlp": _mlp,
     "layers.mlp.batchnorm_dropout": _mlp_batchnorm_dropout,
     "layers.manual": _manual,
+    "layers.flatten": _flatten,
+    "layers.reshape": _reshape,
+    "layers.residual": _residual(projection=False),
+    "layers.residual.projection": _residual(projection=True),
+    "layers.cnn": _cnn(residual=True, norm="batchnorm"),
+    "layers.cnn.plain_groupnorm": _cnn(residual=False, norm="groupnorm"),
+    "layers.layernorm": _layernorm,
+    "layers.layernorm.axes": _layernorm_axes,
+    "layers.groupnorm": _groupnorm,
+    "layers.rmsnorm": _rmsnorm,
+    "layers.conv2d": _conv2d(groups=False),
+    "layers.conv2d.groups": _conv2d(groups=True),
+    "layers.max_pool": _pool("max", padded=False),
+    "layers.max_pool.padding": _pool("max", padded=True),
+    "layers.avg_pool": _pool("avg", padded=True),
+    "layers.avg_pool.exclude_pad": _pool("avg", padded=True, count_include_pad=False),
+    "layers.global_avg_pool": _global_avg_pool,
     "regularization.l1": _penalty("l1"),
     "regularization.l2": _penalty("l2"),
     "backprop.loop": _network("loop"),

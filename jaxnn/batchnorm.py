@@ -55,12 +55,14 @@ plain ``pmean`` of per-device means, as in Flax, weights a device of 2 examples 
 reduction already spans the global batch.
 
 **Precision.** Statistics are computed in at least float32 (float16/bfloat16 input is promoted
-for them), with the two-pass variance ``mean((x - mean)²)``, never ``E[x²] - E[x]²`` (which can
-go negative and give NaN), on ``x / scale`` with ``scale >= 1`` a power of two near each
-feature's largest ``|x|``: dividing by a power of two is exact, and every intermediate stays
-finite for any finite input (a float32 ``(x - mean)²`` overflows once the spread passes
-``1.8e19``). A running variance beyond the state dtype's range is stored as its largest
-finite value (:func:`update_running`). The output has the input's dtype, or ``compute_dtype``.
+for them) by :func:`jaxnn.statistics.moments`, the routine the whole normalisation family
+shares: one pass (``Σ x`` and ``Σ x²`` together) where its cancellation costs at most 4 bits,
+else the two-pass variance ``mean((x - mean)²)`` on ``x / scale`` with ``scale >= 1`` a power
+of two near each feature's largest ``|x|``; either way every intermediate stays finite for any
+finite input (a float32 ``(x - mean)²`` overflows once the spread passes ``1.8e19``), and the
+variance never goes negative. A running variance beyond the state dtype's range is stored as
+its largest finite value (:func:`update_running`). The output has the input's dtype, or
+``compute_dtype``.
 
 **Mixed precision** (``compute_dtype=jnp.bfloat16``, as :func:`~jaxnn.networks.mlp` passes
 it): the layer's policy in jmp's terms is ``Policy(param_dtype=float32, compute_dtype=float32,
@@ -89,9 +91,9 @@ convention. :func:`population_statistics` computes them for any network and retu
 state to evaluate with (PyTorch's ``torch.optim.swa_utils.update_bn`` does the same by
 setting ``momentum=None`` and resetting the statistics).
 
-The module is a handful of pure functions — :func:`batch_statistics`, :func:`normalize`,
-:func:`update_running`, the two backwards — :func:`batchnorm`, which binds a configuration to
-them as a :class:`~jaxnn.Layer`, and :func:`population_statistics`.
+The module is a handful of pure functions — :func:`update_running` and the two backwards (the
+statistics and the normalisation are :mod:`jaxnn.statistics`') — :func:`batchnorm`, which
+binds a configuration to them as a :class:`~jaxnn.Layer`, and :func:`population_statistics`.
 """
 
 from __future__ import annotations
@@ -117,14 +119,12 @@ from jaxnn._checks import (
 )
 from jaxnn._typing import Array, ArrayLike, Layer, Params, PRNGKey, Shape, State, bind_backward
 from jaxnn.layers import default_float
+from jaxnn.statistics import Statistics, moments, normalize
 
 __all__ = [
     "CONVENTIONS",
     "BatchNormState",
-    "Statistics",
-    "batch_statistics",
     "batchnorm",
-    "normalize",
     "population_statistics",
     "update_running",
 ]
@@ -171,113 +171,6 @@ class _Config(NamedTuple):
 # ----------------------------------------------------------------------------- the math
 
 
-class Statistics(NamedTuple):
-    """Batch statistics of each feature, kept in a scale where they cannot overflow.
-
-    ``mean = scale · mean_scaled`` and ``var = scale² · var_scaled``, with ``scale >= 1`` a
-    power of two near ``max |x|`` (so dividing by it is exact for normal numbers) and
-    ``|mean_scaled| <= 4``, ``var_scaled <= 16``: a float32 feature of any finite spread has
-    finite statistics, though its variance may exceed float32's range (above ``1.8e19²``).
-    The running statistics of eval mode travel as ``Statistics(None, 1, mean, var)``.
-    """
-
-    count: Array | None  # [] elements per feature (masked, psum-ed); None: running stats
-    scale: Array  # [*bshape] power of two, constant (no gradient)
-    mean_scaled: Array  # [*bshape]
-    var_scaled: Array  # [*bshape] biased
-
-    def var(self, dtype: Any) -> Array:
-        """``scale² · var_scaled`` in ``dtype``, saturating at its largest finite value."""
-        scale = self.scale.astype(dtype)
-        v = self.var_scaled.astype(dtype) * scale * scale  # 0 stays 0 where scale² overflows
-        return jnp.minimum(v, jnp.finfo(dtype).max)
-
-    def mean(self, dtype: Any) -> Array:
-        return self.mean_scaled.astype(dtype) * self.scale.astype(dtype)
-
-
-def _power_of_two_scale(amax: Array) -> Array:
-    """``2**(e - 1)`` for ``amax = m 2**e``, ``m`` in [0.5, 1): within a factor 2 below
-    ``amax``; 1 where that is smaller (values below 2 need no scaling: nothing overflows),
-    or ``amax`` is not finite; at most ``2**(maxexp - 2)`` (``2**126`` for float32) so that
-    its reciprocal is a normal number (XLA may divide by multiplying with it, and CPUs flush
-    subnormals to zero)."""
-    info = jnp.finfo(amax.dtype)
-    _, e = jnp.frexp(amax)
-    e = jnp.clip(e - 1, 0, info.maxexp - 2)
-    s = jnp.ldexp(jnp.ones_like(amax), e)
-    return jnp.where(jnp.isfinite(amax), s, jnp.ones_like(amax))
-
-
-def batch_statistics(
-    x: Array, reduce: tuple[int, ...], mask: Array | None = None, axis_name: str | None = None
-) -> Statistics:
-    """Count, mean and biased variance over the ``reduce`` axes (kept as size-1 axes).
-
-    Two passes on ``x / scale``: ``mean = Σ x / n``, then ``var = Σ (x - mean)² / n``, never
-    ``E[x²] - E[x]²`` (which can go negative). The scale (:class:`Statistics`) keeps every
-    intermediate finite: float32 ``(x - mean)²`` overflows once the spread passes ``1.8e19``.
-    With ``mask`` (broadcast against ``x``), only the selected elements count. With
-    ``axis_name``, counts and sums are ``psum``-ed (the scale ``pmax``-ed) over the mapped
-    axis, so the statistics are those of the global batch, each device weighted by its count. A count of 0 (an all-false mask) is taken as 1 to stay
-    finite; the statistics then say nothing.
-    """
-    selected = None if mask is None else jnp.broadcast_to(mask, x.shape)
-    ax = jnp.abs(x) if selected is None else jnp.where(selected, jnp.abs(x), 0)
-    amax = lax.stop_gradient(jnp.max(ax, axis=reduce, keepdims=True, initial=0))
-    if axis_name is not None:
-        amax = lax.pmax(amax, axis_name)
-    scale = _power_of_two_scale(amax)  # a constant: the statistics do not depend on it
-    y = x / scale
-    if selected is None:
-        n = jnp.asarray(math.prod(x.shape[a] for a in reduce), x.dtype)
-        total = jnp.sum(y, axis=reduce, keepdims=True)
-    else:
-        n = jnp.sum(mask.astype(x.dtype))
-        total = jnp.sum(jnp.where(selected, y, 0), axis=reduce, keepdims=True)
-    if axis_name is not None:
-        n, total = lax.psum((n, total), axis_name)
-    n = jnp.maximum(n, 1)
-    mean = total / n
-    d = y - mean
-    sq = d * d if selected is None else jnp.where(selected, d * d, 0)  # padding never counts
-    var = jnp.sum(sq, axis=reduce, keepdims=True)
-    if axis_name is not None:
-        var = lax.psum(var, axis_name)
-    return Statistics(n, scale, mean, var / n)
-
-
-def normalize(
-    x: Array, stats: Statistics, gamma: Array, beta: Array, eps: float
-) -> tuple[Array, Array, Array]:
-    """``y = gamma · x̂ + beta`` with ``x̂ = (x - mean) / √(var + eps)``; returns ``(y, x̂, s)``
-    with ``s = 1/√(var + eps)``.
-
-    In the scaled statistics' units, ``x̂ = (x/scale - mean_scaled) · r`` with
-    ``r = scale · s = 1/√(var_scaled + eps/scale²)``; at a variance of 0, ``r = scale/√eps``
-    directly (``eps/scale²`` may underflow; above ``scale = 1e36`` the largest float). With
-    ``scale = 1`` this is the textbook formula, rounding included. ``r`` is one number per
-    feature, so ``jax.grad`` through it costs what the textbook formula costs.
-    """
-    dtype = x.dtype
-    scale = stats.scale
-    eps_ = jnp.asarray(eps, dtype)
-    info = jnp.finfo(dtype)
-    var_s = stats.var_scaled
-    # A variance of 0 (a constant feature, or var below the smallest normal at scale 1) takes
-    # r = scale/√eps directly: eps/scale² may underflow, and rsqrt's derivative at a tiny
-    # argument overflows (0 · inf in jax.grad). A positive var_scaled is at least about
-    # (2^-23)²/n (the data's granularity at that scale), where nothing overflows.
-    positive = var_s > 0
-    r = jnp.where(
-        positive,
-        lax.rsqrt(jnp.where(positive, var_s, 1) + eps_ / (scale * scale)),
-        jnp.minimum(scale * lax.rsqrt(eps_), info.max),  # above scale = 1e36, the largest
-    )
-    xhat = (x / scale - stats.mean_scaled) * r
-    return gamma * xhat + beta, xhat, r / scale
-
-
 def update_running(
     state: BatchNormState,
     stats: Statistics,
@@ -286,7 +179,7 @@ def update_running(
 ) -> BatchNormState:
     """The running statistics after one training step, per ``convention`` (module docstring).
 
-    ``stats`` are the batch's (:func:`batch_statistics`); the update is not differentiated. A
+    ``stats`` are the batch's (:func:`jaxnn.statistics.moments`); the update is not differentiated. A
     variance beyond the state dtype's range (a float32 feature whose spread exceeds ``1.8e19``)
     is stored as its largest finite value: eval mode then stays finite but under-normalises
     that feature; keep such data in float64 (``param_dtype``) or rescale it.
@@ -486,7 +379,7 @@ def _forward(
                 f"variance, got x.shape={x.shape} ({local_n} value(s) per feature). Use a batch "
                 f"of at least 2, or train=False to normalise with the running statistics."
             )
-        stats = batch_statistics(xs, reduce, m, cfg.axis_name)
+        stats = moments(xs, reduce, m, cfg.axis_name)
         if m is not None and is_traced(m):
             require(
                 stats.count >= 2,

@@ -326,11 +326,18 @@ def _hidden(text: str) -> tuple[int, ...]:
 def _train_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
     from jaxnn.activations import ACTIVATIONS
     from jaxnn.data import DATASETS
-    from jaxnn.run import OPTIMIZERS, SEED_LIMIT, RunConfig
+    from jaxnn.run import MODELS, OPTIMIZERS, SEED_LIMIT, RunConfig
 
     d = RunConfig()
-    p = sub.add_parser("train", parents=[quiet], help="train an MLP on a data set")
+    p = sub.add_parser("train", parents=[quiet], help="train an MLP or a CNN on a data set")
     a = p.add_argument
+    a(
+        "--model",
+        choices=MODELS,
+        default=d.model,
+        help="mlp: dense layers (--hidden); cnn: a convolutional network on the images of "
+        "digits or MNIST (--channels, --blocks, --residual) (default: mlp)",
+    )
     a("--data", choices=DATASETS, default=d.data, help=f"data set (default: {d.data})")
     a(
         "--data-dir",
@@ -346,6 +353,27 @@ def _train_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
         help="hidden layer sizes (default: 128,64)",
     )
     a(
+        "--channels",
+        type=_hidden,
+        default=d.channels,
+        metavar="N,N",
+        help="cnn: each stage's channels; every stage after the first halves the image "
+        "(default: 32,64)",
+    )
+    a(
+        "--blocks",
+        type=_number(int, 1),
+        default=d.blocks,
+        metavar="N",
+        help="cnn: blocks of two 3x3 convolutions per stage (default: 1)",
+    )
+    a(
+        "--residual",
+        action=argparse.BooleanOptionalAction,
+        default=d.residual,
+        help="cnn: residual blocks, y = relu(block(x) + shortcut(x)) (default: off)",
+    )
+    a(
         "--activation",
         choices=sorted(ACTIVATIONS),
         default=d.activation,
@@ -356,7 +384,7 @@ def _train_parser(sub: Any, quiet: argparse.ArgumentParser) -> None:
         "--batchnorm",
         action=argparse.BooleanOptionalAction,
         default=d.batchnorm,
-        help="BatchNorm in each hidden layer (default: on)",
+        help="BatchNorm in each hidden layer; cnn: after each convolution (default: on)",
     )
     a(
         "--dropout",
@@ -455,16 +483,20 @@ def train(args: argparse.Namespace) -> int:
         return fail("--resume needs --checkpoint DIR (the folder to resume from).")
     if args.fallback and not args.resume:
         return fail("--fallback applies to --resume (resume from the newest intact checkpoint).")
+    try:  # the options are each valid (argparse); a combination may not be (cnn on moons)
+        config = _run.RunConfig(
+            data=args.data, data_dir=args.data_dir, model=args.model, hidden=tuple(args.hidden),
+            channels=tuple(args.channels), blocks=args.blocks, residual=args.residual,
+            activation=args.activation, batchnorm=args.batchnorm, dropout=args.dropout,
+            optimizer=args.optimizer, lr=args.lr, l2=args.l2, epochs=args.epochs,
+            batch_size=args.batch_size, grad=args.grad, seed=args.seed,
+            compute_dtype=args.compute_dtype, devices=args.devices,
+        )  # fmt: skip
+    except ValueError as e:
+        return fail(str(e))
     problem = out_problem(args.out)
     if problem:
         return fail(problem)
-    config = _run.RunConfig(
-        data=args.data, data_dir=args.data_dir, hidden=tuple(args.hidden),
-        activation=args.activation, batchnorm=args.batchnorm, dropout=args.dropout,
-        optimizer=args.optimizer, lr=args.lr, l2=args.l2, epochs=args.epochs,
-        batch_size=args.batch_size, grad=args.grad, seed=args.seed,
-        compute_dtype=args.compute_dtype, devices=args.devices,
-    )  # fmt: skip
     try:
         result = _run.run(
             config, out=args.out, checkpoint_dir=args.checkpoint, resume=args.resume,

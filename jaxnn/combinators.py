@@ -1,4 +1,5 @@
-"""Composition: ``serial`` (a composition is itself a layer), ``intermediates``, ``layer_keys``.
+"""Composition: ``serial`` and ``residual`` (a composition is itself a layer), ``intermediates``,
+``layer_keys``.
 
 ``serial(*layers)`` runs its layers in order. Its params and state are dicts keyed
 ``"{layer.name}_{i}"`` (``"dense_0"``, ``"batchnorm_1"``, ...), each holding that layer's own
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from jaxnn._checks import ensure_input_shape
 from jaxnn._typing import (
@@ -43,7 +45,7 @@ from jaxnn._typing import (
 )
 from jaxnn.layers import default_float
 
-__all__ = ["intermediates", "layer_keys", "serial"]
+__all__ = ["intermediates", "layer_keys", "residual", "serial"]
 
 
 def _names(layers: Sequence[Layer]) -> tuple[str, ...]:
@@ -269,3 +271,170 @@ def intermediates(
         )
     y, new_state, outputs, _ = _forward(network, params, state, x, train, key, keywords, False)
     return y, new_state, outputs
+
+
+# ----------------------------------------------------------------------------- residual
+
+
+def _residual_backward(
+    block_backward: Any,
+    shortcut_backward: Any,
+    dy: Array,
+    *,
+    specs: tuple[BackwardSpec, BackwardSpec | None],
+    keys: tuple[bool, bool],
+) -> tuple[Params, Array]:
+    # y = f(x) + g(x): dy reaches both branches unchanged, and x's gradient is the sum of the
+    # two (the chain rule through a fork). With g the identity, dx = dx_f + dy.
+    dparams: dict[str, Params] = {}
+    dp, dx = check_cotangents(specs[0], block_backward(dy))
+    if keys[0]:
+        dparams["block"] = dp
+    if shortcut_backward is None:
+        return dparams, dx + dy.astype(dx.dtype)
+    dp, dx_shortcut = check_cotangents(specs[1], shortcut_backward(dy))
+    if keys[1]:
+        dparams["shortcut"] = dp
+    return dparams, dx + dx_shortcut
+
+
+def residual(block: Layer, shortcut: Layer | None = None, *, name: str = "residual") -> Layer:
+    """A residual connection (He et al., 2016): ``y = block(x) + shortcut(x)``. A layer.
+
+    ``shortcut`` is the identity by default (He et al.'s option A/B identity shortcut), or a
+    layer of its own, e.g. a projection ``conv2d(C_out, 1, strides=s, use_bias=False)`` where
+    the block changes the channels or the resolution (option B). ``y`` is what is added:
+    put an activation after the sum with ``serial(residual(...), activation("relu"))``, as
+    He et al.'s post-activation block does.
+
+    **Backward.** The input reaches both branches, so its gradient is the sum of theirs;
+    each branch receives the whole ``dy``::
+
+        (dθ_block, dx_block) = block.backward(dy)
+        (dθ_shortcut, dx_shortcut) = shortcut.backward(dy)      (identity: dx_shortcut = dy)
+        dx = dx_block + dx_shortcut
+
+    An identity shortcut passes ``dy`` to ``x`` unchanged whatever the block does: a deep
+    stack of residual blocks keeps a path on which the gradient is not multiplied by any
+    layer's Jacobian (He et al., 2016b, "Identity Mappings in Deep Residual Networks", eq. 5).
+
+    Params and state are dicts ``{"block": ..., "shortcut": ...}``, each entry present where
+    that branch has params (or state). Keys: a stochastic branch gets its own (split from
+    ``key``); keyword arrays (BatchNorm's ``mask``) reach every branch that names them.
+
+    PyTorch writes the block as a module whose ``forward`` returns ``out + identity``
+    (torchvision's ``BasicBlock``); Flax as a module adding its input (``ResNetBlock`` in the
+    Flax examples). Same computation.
+
+    Raises:
+      TypeError: ``block`` or ``shortcut`` is not a Layer.
+      ValueError: the two branches' outputs differ in shape (at ``init`` and at every call):
+        the message names the block and both shapes, and suggests a projection shortcut.
+    """
+    for what, layer in (("block", block), ("shortcut", shortcut)):
+        if layer is not None and not isinstance(layer, Layer):
+            raise TypeError(
+                f"{name}: the {what} must be a Layer (conv2d(...), serial(...), ...), got "
+                f"{type(layer).__name__} {layer!r}."
+            )
+    branches = (block,) if shortcut is None else (block, shortcut)
+    keywords = tuple(dict.fromkeys(k for layer in branches for k in layer.keywords))
+    shortcut_name = "the identity" if shortcut is None else f"the shortcut {shortcut.name!r}"
+
+    def check_shapes(x_shape: tuple[int, ...], y_block: Any, y_shortcut: Any) -> None:
+        if tuple(y_block.shape) != tuple(y_shortcut.shape):
+            raise ValueError(
+                f"{name}: the block {block.name!r} maps x of shape {tuple(x_shape)} to "
+                f"{tuple(y_block.shape)} but {shortcut_name} gives {tuple(y_shortcut.shape)}; "
+                f"the two are added, so they must have one shape. Give a projection shortcut "
+                f"that maps x to the block's output shape, e.g. residual(block, shortcut="
+                f"{projection(y_block.shape)})."
+            )
+
+    def projection(shape: tuple[int, ...]) -> str:
+        if len(shape) == 4:  # NHWC: a 1x1 convolution, strided where the block downsamples
+            return f"conv2d({shape[-1]}, 1, strides=..., use_bias=False)"
+        return f"dense({shape[-1]}, use_bias=False)"
+
+    def split(key: PRNGKey | None) -> tuple[PRNGKey | None, PRNGKey | None]:
+        keys = _layer_keys(branches, key)
+        return keys[0], (keys[1] if len(keys) > 1 else None)
+
+    def route(layer: Layer, kw: dict[str, Any]) -> dict[str, Any]:
+        return {a: kw[a] for a in layer.keywords if a in kw}
+
+    def check_keywords(kw: dict[str, Any]) -> None:
+        unknown = set(kw) - set(keywords)
+        if unknown:
+            raise TypeError(
+                f"{name}: no branch takes the keyword(s) {sorted(unknown)}; its branches take "
+                f"{list(keywords) or 'no keyword arrays'}."
+            )
+
+    def parts(tree: Any, what: str) -> tuple[Any, Any]:
+        if not isinstance(tree, dict) or not set(tree) <= {"block", "shortcut"}:
+            got = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
+            raise ValueError(
+                f"{name}: the {what} must be a dict with keys among ['block', 'shortcut'], got "
+                f"{got}. Use the {what} that this layer's init returned."
+            )
+        return tree.get("block", {}), tree.get("shortcut", {})
+
+    def pack(block_tree: Any, shortcut_tree: Any, had: dict) -> dict:
+        out = {}
+        if block_tree != {} or "block" in had:
+            out["block"] = block_tree
+        if shortcut is not None and (shortcut_tree != {} or "shortcut" in had):
+            out["shortcut"] = shortcut_tree
+        return out
+
+    def init(key: PRNGKey | None, input_shape: Shape) -> tuple[Params, State]:
+        shape = ensure_input_shape(input_shape, name)
+        k_block, k_shortcut = (None, None) if key is None else tuple(jax.random.split(key))
+        x = jax.ShapeDtypeStruct(shape, default_float())
+        pb, sb = block.init(k_block, shape)
+        yb, _ = jax.eval_shape(functools.partial(block.apply, train=False), pb, sb, x)
+        ps, ss = ({}, {}) if shortcut is None else shortcut.init(k_shortcut, shape)
+        if shortcut is None:
+            ys = x
+        else:
+            ys, _ = jax.eval_shape(functools.partial(shortcut.apply, train=False), ps, ss, x)
+        check_shapes(shape, yb, ys)
+        return pack(pb, ps, {}), pack(sb, ss, {})
+
+    def apply(params, state, x, *, train: bool, key: PRNGKey | None = None, **kw: Any):
+        check_keywords(kw)
+        (pb, ps), (sb, ss) = parts(params, "params"), parts(state, "state")
+        kb, ks = split(key)
+        yb, sb = block.apply(pb, sb, x, train=train, key=kb, **route(block, kw))
+        if shortcut is None:
+            ys = jnp.asarray(x)
+        else:
+            ys, ss = shortcut.apply(ps, ss, x, train=train, key=ks, **route(shortcut, kw))
+        check_shapes(jnp.shape(x), yb, ys)
+        return yb + ys, pack(sb, ss, state)
+
+    def vjp(params, state, x, *, train: bool, key: PRNGKey | None = None, **kw: Any):
+        check_keywords(kw)
+        (pb, ps), (sb, ss) = parts(params, "params"), parts(state, "state")
+        kb, ks = split(key)
+        yb, sb, bb = block.vjp(pb, sb, x, train=train, key=kb, **route(block, kw))
+        spec_b = backward_spec(f"{block.name!r} in {name!r}", bb, pb, x)
+        if shortcut is None:
+            ys, bs, spec_s = jnp.asarray(x), None, None
+        else:
+            ys, ss, bs = shortcut.vjp(ps, ss, x, train=train, key=ks, **route(shortcut, kw))
+            spec_s = backward_spec(f"{shortcut.name!r} in {name!r}", bs, ps, x)
+        check_shapes(jnp.shape(x), yb, ys)
+        keys = ("block" in params, "shortcut" in params)
+        backward = bind_backward(_residual_backward, bb, bs, specs=(spec_b, spec_s), keys=keys)
+        return yb + ys, pack(sb, ss, state), backward
+
+    return Layer(
+        name,
+        init,
+        apply,
+        vjp,
+        keywords=keywords,
+        stochastic=any(layer.stochastic for layer in branches),
+    )

@@ -1,4 +1,5 @@
-"""Layers: ``dense``, ``activation`` and ``dropout``, each forward beside its hand backward.
+"""Layers: ``dense``, ``activation``, ``dropout``, ``flatten`` and ``reshape``, each forward beside
+its hand backward.
 
 Every factory returns a :class:`~jaxnn.Layer` (the protocol is in ``jaxnn._typing``):
 ``init(key, input_shape) -> (params, state)``, ``apply(params, state, x, *, train, key=None)
@@ -10,6 +11,8 @@ Composition (``serial``, ``mlp``) is in :mod:`jaxnn.combinators`, BatchNorm in
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -27,7 +30,7 @@ from jaxnn._checks import (
 )
 from jaxnn._typing import Array, ArrayLike, Layer, Params, PRNGKey, Shape, State, bind_backward
 
-__all__ = ["activation", "default_float", "dense", "dropout"]
+__all__ = ["activation", "default_float", "dense", "dropout", "flatten", "reshape"]
 
 
 def default_float() -> Any:
@@ -336,3 +339,90 @@ def dropout(rate: float, *, name: str = "dropout") -> Layer:
         return _dropout_forward(x, keep, keep_prob), state, backward
 
     return Layer(name, _no_params_init, apply, vjp, stochastic=rate > 0)
+
+
+# ----------------------------------------------------------------------------- flatten, reshape
+
+
+def _reshape_backward(dy: Array, *, shape: tuple[int, ...]) -> tuple[Params, Array]:
+    # A reshape moves no value: dx is dy read in x's shape.
+    return {}, dy.reshape(shape)
+
+
+def _example_shape(x: Array, shape: tuple[int, ...], name: str) -> tuple[int, ...]:
+    """``[batch, *shape]`` for ``x [batch, ...]``, refused unless the sizes agree."""
+    if x.ndim < 1:
+        raise ValueError(f"{name}: x must have a batch axis, [batch, ...], got a scalar.")
+    size = math.prod(x.shape[1:])
+    free = [i for i, d in enumerate(shape) if d == -1]
+    if len(free) > 1 or any(d == 0 or d < -1 for d in shape):
+        raise ValueError(
+            f"{name}: the target shape {shape} may hold one -1 and positive sizes otherwise."
+        )
+    if free:
+        known = math.prod(d for d in shape if d != -1)
+        if size % known:
+            raise ValueError(
+                f"{name}: cannot reshape each example of shape {tuple(x.shape[1:])} ({size} "
+                f"values) to {shape}: {size} is not a multiple of {known}."
+            )
+        shape = tuple(size // known if d == -1 else d for d in shape)
+    if math.prod(shape) != size:
+        raise ValueError(
+            f"{name}: cannot reshape each example of shape {tuple(x.shape[1:])} ({size} values) "
+            f"to {shape} ({math.prod(shape)} values). The input x has shape {tuple(x.shape)}; "
+            f"the first axis is the batch."
+        )
+    return (x.shape[0], *shape)
+
+
+def reshape(shape: Sequence[int], *, name: str = "reshape") -> Layer:
+    """Reshape each example: ``x [batch, *a] -> y [batch, *shape]`` (row-major, as NumPy).
+
+    ``shape`` may hold one ``-1`` (inferred). The backward reads ``dy`` in ``x``'s shape::
+
+        dx = reshape(dy, x.shape)
+
+    PyTorch's ``nn.Unflatten(1, shape)`` for flat input (``nn.Flatten``'s inverse); in Flax a
+    plain ``x.reshape((x.shape[0], *shape))``. Use it to feed flat images (the digits
+    ``[n, 64]``) to a convolution: ``reshape((8, 8, 1))`` gives NHWC.
+
+    Raises:
+      ValueError: ``shape`` has more than one ``-1`` or a size below 1; an example's size
+        differs from ``prod(shape)``.
+    """
+    if isinstance(shape, int | np.integer):
+        shape = (shape,)
+    target = tuple(int(d) for d in shape)
+
+    def forward(params: Params, x: ArrayLike) -> tuple[Array, Array]:
+        _check_no_params(params, name)
+        x = jnp.asarray(x)
+        return x.reshape(_example_shape(x, target, name)), x
+
+    def apply(
+        params: Params, state: State, x: ArrayLike, *, train: bool, key: PRNGKey | None = None
+    ):
+        del train, key
+        return forward(params, x)[0], state
+
+    def vjp(params: Params, state: State, x: ArrayLike, *, train: bool, key: PRNGKey | None = None):
+        del train, key
+        y, x = forward(params, x)
+        return y, state, bind_backward(_reshape_backward, shape=tuple(x.shape))
+
+    return Layer(name, _no_params_init, apply, vjp)
+
+
+def flatten(*, name: str = "flatten") -> Layer:
+    """Flatten each example: ``x [batch, d1, ..., dk] -> y [batch, d1 · ... · dk]``.
+
+    Row-major, as PyTorch's ``nn.Flatten()`` (``start_dim=1``) and Flax's
+    ``x.reshape((x.shape[0], -1))``; for NHWC input the channels vary fastest, so a dense
+    layer after it sees another order of features than after PyTorch's NCHW flatten (transpose
+    to NCHW first to carry PyTorch weights over). The backward::
+
+        dx = reshape(dy, x.shape)
+    """
+    layer = reshape((-1,), name=name)
+    return layer

@@ -1,4 +1,5 @@
-"""Ready-made networks: ``mlp``, a multi-layer perceptron built with :func:`~jaxnn.serial`.
+"""Ready-made networks: ``mlp`` (a multi-layer perceptron) and ``cnn`` (a convolutional network,
+plain or residual), built with :func:`~jaxnn.serial` and :func:`~jaxnn.combinators.residual`.
 
 A network is a layer like any other (a :class:`~jaxnn.Layer`), the composition of its layers
 by :func:`jaxnn.combinators.serial`: its params and state are keyed ``"dense_0"``,
@@ -18,12 +19,17 @@ from jaxnn import initializers as _initializers
 from jaxnn._checks import PARAM_DTYPE_HINT, ensure_float_dtype
 from jaxnn._typing import Layer
 from jaxnn.batchnorm import batchnorm as _batchnorm
+from jaxnn.combinators import residual as _residual
 from jaxnn.combinators import serial
+from jaxnn.conv import conv2d
 from jaxnn.layers import activation as _activation
-from jaxnn.layers import dense
+from jaxnn.layers import dense, reshape
 from jaxnn.layers import dropout as _dropout
+from jaxnn.norms import groupnorm as _groupnorm
+from jaxnn.norms import layernorm as _layernorm
+from jaxnn.pooling import avg_pool, global_avg_pool, max_pool
 
-__all__ = ["mlp"]
+__all__ = ["NORMS", "cnn", "mlp"]
 
 
 def _activation_arg(act: Any) -> str | _activations.Activation:
@@ -160,4 +166,151 @@ def mlp(
         layers.append(_activation(a))
         if drop is not None and hidden:
             layers.append(drop)
+    return serial(*layers, name=name)
+
+
+# ----------------------------------------------------------------------------- cnn
+
+NORMS = ("batchnorm", "layernorm", "groupnorm", None)
+
+
+def _norm_layer(norm: str | None, groups: int, dtypes: dict[str, Any]) -> Layer | None:
+    if norm == "batchnorm":
+        return _batchnorm(param_dtype=dtypes["param_dtype"])  # over the channels of NHWC
+    if norm == "layernorm":
+        return _layernorm(axis=(-3, -2, -1), param_dtype=dtypes["param_dtype"])
+    if norm == "groupnorm":
+        return _groupnorm(groups, param_dtype=dtypes["param_dtype"])
+    return None
+
+
+def _conv_norm(
+    channels: int, kernel: int, strides: int, norm: str | None, groups: int, dtypes: dict
+) -> list[Layer]:
+    """``conv -> norm`` (the convolution without bias where a norm follows: its mean
+    subtraction cancels a bias, and beta takes its place, as in ``mlp``)."""
+    normalise = _norm_layer(norm, groups, dtypes)
+    conv = conv2d(
+        channels, kernel, strides=strides, use_bias=normalise is None, w_init="he_normal", **dtypes
+    )
+    return [conv] if normalise is None else [conv, normalise]
+
+
+def cnn(
+    input_shape: Sequence[int],
+    channels: Sequence[int],
+    num_classes: int,
+    *,
+    blocks_per_stage: int = 1,
+    residual: bool = False,
+    norm: str | None = "batchnorm",
+    groups: int = 2,
+    activation: str | _activations.Activation = "relu",
+    pool: str = "max",
+    param_dtype: Any = None,
+    name: str = "cnn",
+) -> Layer:
+    """A convolutional network for images: a stem, stages of blocks, global pooling, a head.
+
+    The layout of He et al.'s CIFAR-10 networks (2016, §4.2), at any size::
+
+        reshape(input_shape)                      flat [N, H·W·C] or [N, H, W, C] -> NHWC
+        conv3x3(channels[0]) -> norm -> act       the stem
+        for each stage s (channels[s]):
+            [pool 2x2, stride 2]                  every stage but the first halves H and W
+            blocks_per_stage x block
+        global_avg_pool -> dense(num_classes)     logits
+
+    A block is two 3x3 convolutions, ``conv -> norm -> act -> conv -> norm``, then ``act``.
+    A *plain* block (``residual=False``) is just that; a *residual* block adds its input
+    before the last activation, ``act(block(x) + shortcut(x))`` (:func:`~jaxnn.combinators.
+    residual`), with the identity shortcut, or where the block changes the channels a
+    projection ``conv1x1 -> norm`` (He et al.'s option B). So a plain network and a residual
+    one of the same arguments have the same layers and the same number of weights but the
+    projections: the comparison of He et al.'s Figure 4. Weighted layers:
+    ``2 + 2 · blocks_per_stage · len(channels)`` (``blocks_per_stage = 3, channels = (16, 32,
+    64)``: He et al.'s ResNet-20 / plain-20).
+
+    Convolutions are He-normal initialised (``he_normal``, fan-in; He et al., 2015), without
+    bias where a norm follows (the norm's beta takes its place), with bias where
+    ``norm=None``.
+
+    Args:
+      input_shape: one example's ``(H, W, C)``; inputs may come flat, ``[N, H·W·C]``, as
+        :func:`jaxnn.data.digits` gives them (8x8x1), or as ``[N, H, W, C]``.
+      channels: each stage's channels, e.g. ``(16, 32)``; the stem has ``channels[0]``.
+      num_classes: the head's units.
+      blocks_per_stage: blocks in each stage (depth).
+      residual: residual blocks (True) or plain ones (False).
+      norm: after every convolution: ``"batchnorm"`` (BatchNorm over the channels of NHWC
+        input, :func:`~jaxnn.batchnorm.batchnorm`), ``"layernorm"`` (each example over
+        ``(H, W, C)``, PyTorch's ``nn.LayerNorm([C, H, W])``), ``"groupnorm"`` (``groups``
+        groups of channels, Wu & He, 2018), or None.
+      groups: GroupNorm's number of groups (must divide every stage's channels).
+      activation: the non-linearity, by name or :class:`~jaxnn.activations.Activation`.
+      pool: the downsampling between stages, ``"max"`` or ``"avg"`` (2x2, stride 2).
+      param_dtype: the params' dtype (default float64 under ``jax_enable_x64``, else float32).
+      name: the network's name.
+
+    Raises:
+      ValueError: an empty ``channels``, a size below 1, an unknown ``norm`` or ``pool``; an
+        image too small for the stages (each but the first halves it).
+
+    Example::
+
+        net = cnn((8, 8, 1), (16, 32), 10, residual=True)
+        params, state = net.init(jax.random.key(0), (128, 64))   # digits: flat 8x8 images
+        logits, state = net.apply(params, state, x, train=True)
+    """
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"cnn: input_shape must be one example's (H, W, C), got {input_shape!r}.")
+    channels = [int(c) for c in channels]
+    if not channels or min(channels) < 1:
+        raise ValueError(f"cnn: channels must list each stage's channels (>= 1), got {channels}.")
+    for what, v in (("num_classes", num_classes), ("blocks_per_stage", blocks_per_stage)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"cnn: {what} must be an int >= 1, got {v!r}.")
+    if norm not in NORMS:
+        raise ValueError(f"cnn: norm must be one of {list(NORMS)}, got {norm!r}.")
+    if norm == "groupnorm" and any(c % groups for c in channels):
+        raise ValueError(
+            f"cnn: GroupNorm's groups={groups} must divide every stage's channels {channels}."
+        )
+    if pool not in ("max", "avg"):
+        raise ValueError(f"cnn: pool must be 'max' or 'avg', got {pool!r}.")
+    side = min(shape[:2]) // 2 ** (len(channels) - 1)
+    if side < 1:
+        raise ValueError(
+            f"cnn: {len(channels)} stages halve the image {len(channels) - 1} times; a "
+            f"{shape[0]}x{shape[1]} image is too small. Use fewer stages."
+        )
+    act = _activation_arg(activation)
+    param_dtype = ensure_float_dtype(param_dtype, "cnn: param_dtype", PARAM_DTYPE_HINT)
+    dtypes = {"param_dtype": param_dtype}
+    downsample = max_pool if pool == "max" else avg_pool
+
+    def block(c_in: int, c_out: int) -> list[Layer]:
+        body = [
+            *_conv_norm(c_out, 3, 1, norm, groups, dtypes),
+            _activation(act),
+            *_conv_norm(c_out, 3, 1, norm, groups, dtypes),
+        ]
+        if not residual:
+            return [*body, _activation(act)]
+        shortcut = None
+        if c_in != c_out:
+            shortcut = serial(*_conv_norm(c_out, 1, 1, norm, groups, dtypes), name="projection")
+        return [_residual(serial(*body, name="block"), shortcut), _activation(act)]
+
+    layers: list[Layer] = [reshape(shape), *_conv_norm(channels[0], 3, 1, norm, groups, dtypes)]
+    layers.append(_activation(act))
+    c_in = channels[0]
+    for s, c in enumerate(channels):
+        if s > 0:
+            layers.append(downsample(2, 2))
+        for _ in range(blocks_per_stage):
+            layers += block(c_in, c)
+            c_in = c
+    layers += [global_avg_pool(), dense(num_classes, **dtypes)]
     return serial(*layers, name=name)

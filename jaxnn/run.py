@@ -44,11 +44,13 @@ from jaxnn import parallel as _parallel
 from jaxnn.backprop import GRAD_MODES
 from jaxnn.evaluation import evaluate
 from jaxnn.fitting import DivergenceWarning, fit
-from jaxnn.networks import mlp
+from jaxnn.networks import cnn, mlp
 from jaxnn.regularization import l2 as _l2
 from jaxnn.train import TrainState
 
 __all__ = [
+    "IMAGE_SHAPES",
+    "MODELS",
     "OPTIMIZERS",
     "Interrupted",
     "RunConfig",
@@ -69,6 +71,13 @@ KEEP = 3  # checkpoints kept
 COMPUTE_DTYPES: dict[str, Any] = {"float32": None, "bfloat16": jnp.bfloat16}  # mlp's compute_dtype
 
 
+MODELS = ("mlp", "cnn")
+# One example's (H, W, C) for the image data sets (their inputs come flat, [n, H·W·C]).
+IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
+    "digits": (8, 8, 1),
+    "mnist": (28, 28, 1),
+    "fashion_mnist": (28, 28, 1),
+}
 SEED_LIMIT = 2**32  # jax.random.key(seed) keeps 32 bits of the seed: 2**32 gives key(0)
 
 
@@ -118,7 +127,15 @@ class RunConfig:
 
     data: str = "digits"  # a name of jaxnn.data.DATASETS
     data_dir: str | None = None  # the folder of MNIST-format files (mnist, fashion_mnist)
+    # "mlp": mlp([*hidden, classes], ...). "cnn": jaxnn.networks.cnn on the images of an image
+    # data set (digits 8x8, MNIST 28x28): a stem and one stage per entry of `channels`, each of
+    # `blocks` two-convolution blocks (residual ones with `residual`), BatchNorm after every
+    # convolution with `batchnorm`; `hidden`, `dropout` and `compute_dtype` are the MLP's.
+    model: str = "mlp"
     hidden: tuple[int, ...] = (128, 64)
+    channels: tuple[int, ...] = (32, 64)
+    blocks: int = 1
+    residual: bool = False
     activation: str = "relu"
     batchnorm: bool = True
     dropout: float = 0.0  # in [0, 1)
@@ -151,6 +168,17 @@ class RunConfig:
         if isinstance(hidden, str | bytes) or not isinstance(hidden, Sequence):
             raise _fail(TypeError, "hidden", "a sequence of layer sizes, e.g. (128, 64)", hidden)
         put("hidden", tuple(_whole(h, f"hidden[{i}]", 1) for i, h in enumerate(hidden)))
+        _choice(self.model, "model", MODELS)
+        channels = self.channels
+        if isinstance(channels, str | bytes) or not isinstance(channels, Sequence) or not channels:
+            raise _fail(
+                TypeError, "channels", "a sequence of channel counts, e.g. (32, 64)", channels
+            )
+        put("channels", tuple(_whole(c, f"channels[{i}]", 1) for i, c in enumerate(channels)))
+        put("blocks", _whole(self.blocks, "blocks", 1))
+        if not isinstance(self.residual, bool | np.bool_):
+            raise _fail(TypeError, "residual", "True or False", self.residual)
+        put("residual", bool(self.residual))
         _choice(self.activation, "activation", list(ACTIVATIONS))
         if not isinstance(self.batchnorm, bool | np.bool_):
             raise _fail(TypeError, "batchnorm", "True or False", self.batchnorm)
@@ -165,10 +193,23 @@ class RunConfig:
         put("seed", _whole(self.seed, "seed", 0, SEED_LIMIT))
         _choice(self.compute_dtype, "compute_dtype", list(COMPUTE_DTYPES))
         put("devices", _whole(self.devices, "devices", 1))
+        if self.model == "cnn":
+            if self.data not in IMAGE_SHAPES:
+                raise ValueError(
+                    f"RunConfig.model: 'cnn' needs images; {self.data!r} is not an image data "
+                    f"set (images: {', '.join(sorted(IMAGE_SHAPES))}). Use model='mlp'."
+                )
+            for field, default in (("dropout", 0.0), ("compute_dtype", "float32")):
+                if getattr(self, field) != default:
+                    raise ValueError(
+                        f"RunConfig.{field}: {getattr(self, field)!r} is an option of the MLP; "
+                        f"the cnn model takes {default!r} (leave it out)."
+                    )
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["hidden"] = list(self.hidden)
+        out["channels"] = list(self.channels)
         return out
 
     def differences(self, saved: dict[str, Any], ignore: Sequence[str] = ()) -> list[str]:
@@ -188,6 +229,17 @@ class RunConfig:
 def build(config: RunConfig, splits: _data.Splits) -> tuple[Any, optax.GradientTransformation]:
     """The network and the optimizer a configuration names (its fields were checked when it
     was made)."""
+    if config.model == "cnn":
+        net = cnn(
+            IMAGE_SHAPES[config.data],
+            config.channels,
+            splits.num_classes,
+            blocks_per_stage=config.blocks,
+            residual=config.residual,
+            norm="batchnorm" if config.batchnorm else None,
+            activation=config.activation,
+        )
+        return net, OPTIMIZERS[config.optimizer](config.lr)
     net = mlp(
         [*config.hidden, splits.num_classes],
         config.activation,
@@ -319,7 +371,8 @@ def run(
     checkpoint_dir = _check_paths(config, out, checkpoint_dir, resume, fallback)
     mesh = _parallel.data_mesh(config.devices, "")  # before the data: a bad count fails fast
     _parallel.batch_size_per_device(config.batch_size, mesh, "")
-    splits = _data.load(config.data, data_dir=config.data_dir, seed=config.seed)
+    per = "all" if config.model == "cnn" else "feature"  # a convolution wants whole images
+    splits = _data.load(config.data, data_dir=config.data_dir, seed=config.seed, per=per)
     network, optimizer = build(config, splits)
     train, val, test = splits.train, splits.validation, splits.test
     ts = TrainState.create(

@@ -687,3 +687,20 @@ def test_param_dtype_is_kept_as_given_and_bfloat16_still_accepted():
     for dtype in (jnp.float32, np.dtype("float32"), "bfloat16"):
         params, state = batchnorm(param_dtype=dtype).init(None, (4, 3))
         assert params["gamma"].dtype == state.var.dtype == jnp.dtype(dtype)
+
+
+def test_a_batch_of_one_in_training_is_refused_for_vectors_and_counts_pixels_for_images():
+    # [1, C]: one value per feature, no variance: refused (PyTorch raises "Expected more than 1
+    # value per channel when training"). [1, H, W, C]: BatchNorm over the channels of NHWC
+    # input reduces (N, H, W), so one image gives H·W values per channel: accepted, as
+    # PyTorch's BatchNorm2d accepts a batch of one image. [1, 1, 1, C] is refused again.
+    layer = batchnorm()
+    params, state = layer.init(None, (1, 4, 4, 3))
+    with pytest.raises(ValueError, match=r"x.shape=\(1, 3\) \(1 value\(s\) per feature\)"):
+        layer.apply(params, state, jnp.ones((1, 3)), train=True)
+    with pytest.raises(ValueError, match="more than one value per feature"):
+        layer.apply(params, state, jnp.ones((1, 1, 1, 3)), train=True)
+    x = jax.random.normal(jax.random.key(0), (1, 4, 4, 3))
+    y, new = layer.apply(params, state, x, train=True)
+    np.testing.assert_allclose(np.asarray(y).mean((0, 1, 2)), 0, atol=1e-6)
+    assert int(new.count) == 1

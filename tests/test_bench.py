@@ -11,12 +11,14 @@ same parameters agree to the rounding bound).
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks import bench_conv
 from benchmarks import bench_step as benchmark
 from benchmarks.bench_step import main
 
@@ -198,3 +200,168 @@ def test_the_script_runs_as_a_file_and_as_a_module(command):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "--batches N,N" in result.stdout and "--quick" in result.stdout
+
+
+# ----------------------------------------------------------------------------- bench_conv
+# ``python benchmarks/bench_conv.py --quick``: the convolutional network's step, alone and
+# scanned over an epoch, against plain JAX and (where installed) Flax linen.
+
+
+@pytest.fixture(scope="module")
+def conv_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_conv") / "bench_conv.json"
+    assert bench_conv.main(["--quick", "-q", "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def _conv_entries(report):
+    for result in report["results"]:
+        for name, info in result["implementations"].items():
+            yield result, name, info
+
+
+def test_conv_report_has_every_input_batch_and_mode(conv_report):
+    assert set(conv_report) == {"meta", "results", "skipped"}
+    meta = conv_report["meta"]
+    assert meta["inputs"] == {"digits": [8, 8, 1]} and meta["reference"] == "plain_jax"
+    assert [(r["input"], r["batch"], r["mode"]) for r in conv_report["results"]] == [
+        ("digits", 8, "step"),
+        ("digits", 8, "epoch"),
+    ]
+    skipped = {s["implementation"]: s["reason"] for s in conv_report["skipped"]}
+    assert all(reason.strip() for reason in skipped.values())
+    for result in conv_report["results"]:
+        ran = set(result["implementations"])
+        assert ran.isdisjoint(skipped) and ran | set(skipped) == set(bench_conv.IMPLEMENTATIONS)
+        assert {"jaxnn_autodiff", "jaxnn_manual", "plain_jax"} <= ran
+    assert meta["peer"] == ("flax_linen" if "flax_linen" not in skipped else None)
+
+
+def test_conv_times_are_positive_and_ratios_follow_from_them(conv_report):
+    rounds = conv_report["meta"]["rounds"]
+    for result, name, info in _conv_entries(conv_report):
+        times = [info["ms_per_step"], info["first_call_s"], *info["ms_per_step_rounds"]]
+        assert all(math.isfinite(t) and t > 0 for t in times), (result["mode"], name)
+        assert len(info["ms_per_step_rounds"]) == rounds and info["calls_per_round"] >= 1
+        assert info["compile_s"] >= 0
+        expected_steps = 1 if result["mode"] == "step" else conv_report["meta"]["epoch_steps"]
+        assert info["steps_per_call"] == expected_steps
+        impls = result["implementations"]
+        for peer, key in (
+            ("plain_jax", "ratio_to_plain_jax"),
+            ("flax_linen", "ratio_to_flax_linen"),
+        ):
+            if peer not in impls:
+                assert info[key] is None
+                continue
+            per_round = [t / r for t, r in zip(info["ms_per_step_rounds"],
+                                               impls[peer]["ms_per_step_rounds"], strict=True)]  # fmt: skip
+            stats = info[key]
+            assert math.isclose(stats["median"], statistics.median(per_round), rel_tol=1e-12)
+            assert stats["min"] == min(per_round) and stats["max"] == max(per_round)
+            if name == peer:
+                assert stats == {"min": 1.0, "median": 1.0, "max": 1.0}
+
+
+def test_conv_scan_slowdown_is_the_epoch_over_the_step(conv_report):
+    step, epoch = (r["implementations"] for r in conv_report["results"])
+    for name, info in epoch.items():
+        expected = info["ms_per_step"] / step[name]["ms_per_step"]
+        assert math.isclose(info["scan_slowdown"], expected, rel_tol=1e-12), name
+        assert "scan_slowdown" not in step[name]
+
+
+def test_conv_implementations_compute_the_same_model_alone_and_scanned(conv_report):
+    agreement = conv_report["meta"]["agreement"]["digits"]
+    assert agreement["dtype"] == "float64"
+    tolerance = benchmark.agreement_tolerance(**agreement["tolerance_terms"])
+    assert tolerance == agreement["tolerance"]
+    # far below a modelling difference (BatchNorm's eps, a biased variance in the forward)
+    assert tolerance < 1e-3
+    for mode in ("step", "epoch"):
+        losses = agreement["losses"][mode]
+        assert set(losses) == set(conv_report["results"][0]["implementations"])
+        ref = losses["plain_jax"]
+        assert len(ref) == agreement["steps"]
+        for name, trace in losses.items():
+            diff = max(abs(a - b) for a, b in zip(trace, ref, strict=True))
+            assert diff <= tolerance, (mode, name, diff, tolerance)
+    step = agreement["losses"]["step"]["plain_jax"]
+    assert step[-1] < step[0]
+
+
+def test_conv_every_model_lowers_its_loss_in_float32_step_by_step(conv_report):
+    step = conv_report["results"][0]
+    assert step["mode"] == "step"
+    for name, info in step["implementations"].items():
+        assert math.isfinite(info["loss_last"]) and info["loss_last"] < info["loss_first"], name
+
+
+def test_conv_missing_flax_is_skipped_with_the_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "flax", None)  # `import flax` raises ImportError
+    names, skipped = bench_conv._select(bench_conv.quick_config())
+    assert names == ["jaxnn_autodiff", "jaxnn_manual", "plain_jax"]
+    assert [s["implementation"] for s in skipped] == ["flax_linen"]
+    assert "not installed" in skipped[0]["reason"] and ".[bench]" in skipped[0]["reason"]
+
+
+def test_conv_rebuilds_the_networks_layers_in_order():
+    weights = bench_conv._initial_weights(bench_conv.quick_config(), "digits")
+    kinds = [layer.kind for layer in weights.layers]
+    block = ["conv2d", "batchnorm", "relu"]
+    assert kinds == [*block, *block * 2, "max_pool", *block * 2, "global_avg_pool", "dense"]
+    convs = [layer for layer in weights.layers if layer.kind == "conv2d"]
+    assert convs[0].shape == (3, 3, 1, 4) and convs[-1].shape == (3, 3, 8, 8)
+    assert not any(layer.bias for layer in convs)  # BatchNorm follows every convolution
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--inputs", "cifar"], "expected input names from digits,mnist"),
+        (["--modes", "scan"], "expected modes from step,epoch"),
+        (["--epoch-steps", "0"], "expected a whole number >= 1"),
+        (["--batches", "1"], "expected batch sizes >= 2"),
+        (["--only", "equinox"], "expected implementation names from"),
+    ],
+)
+def test_conv_usage_errors_are_one_line(args, expected, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench_conv.main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1
+
+
+def test_conv_out_must_be_a_file(tmp_path, capsys):
+    assert bench_conv.main(["--quick", "--out", str(tmp_path)]) == 2
+    assert "which is a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["benchmarks/bench_conv.py"], ["-m", "benchmarks.bench_conv"]],
+    ids=["file", "module"],
+)
+def test_conv_script_runs_as_a_file_and_as_a_module(command):
+    result = subprocess.run(
+        [sys.executable, *command, "--help"], capture_output=True, text=True, cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "--epoch-steps N" in result.stdout and "--modes MODE,MODE" in result.stdout
+
+
+# ----------------------------------------------------------------------------- bench_statistics
+
+
+@pytest.mark.slow  # compiles 8 small programs
+def test_bench_statistics_quick_prints_every_variant_in_both_modes(capsys):
+    from benchmarks import bench_statistics
+
+    assert bench_statistics.main(["--quick"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert {(r[1], r[2]) for r in rows} == {
+        (mode, v) for mode in ("forward", "grad") for v in bench_statistics.VARIANTS
+    }
+    assert all(float(r[4]) == 1.0 for r in rows if r[2] == bench_statistics.REFERENCE)

@@ -191,3 +191,81 @@ def test_layer_keys_give_the_run_order_that_sorted_dicts_lose():
     assert list(through_jit) != list(keys)  # sorted: "dense_10" before "dense_2"
     with pytest.raises(TypeError, match="needs a composition"):
         combinators.layer_keys(layers.dense(2))
+
+
+# ----------------------------------------------------------------------------- residual
+
+
+def _block(n_out=4):
+    return combinators.serial(
+        layers.dense(6, b_init=jax.nn.initializers.normal(1.0)),
+        batchnorm(),
+        layers.activation("tanh"),
+        layers.dropout(0.25),
+        layers.dense(n_out),
+        name="block",
+    )
+
+
+@pytest.mark.parametrize("projection", [False, True])
+@pytest.mark.parametrize("train", [True, False])
+def test_residual_is_block_plus_shortcut_and_its_backward_sums_both_branches(projection, train):
+    with jax.enable_x64(True):
+        block = _block(5 if projection else 4)
+        shortcut = layers.dense(5, name="projection") if projection else None
+        net = combinators.residual(block, shortcut)
+        k_init, k_x, k_dy, k_drop = jax.random.split(jax.random.key(0), 4)
+        params, state = net.init(k_init, (7, 4))
+        assert set(params) == ({"block", "shortcut"} if projection else {"block"})
+        assert set(state) == {"block"}  # only the block has state (BatchNorm)
+        x = jax.random.normal(k_x, (7, 4), jnp.float64)
+        run = dict(train=train, key=k_drop)
+        y, new_state, backward = net.vjp(params, state, x, **run)
+        yb, sb = block.apply(params["block"], state["block"], x, **run)
+        ys = shortcut.apply(params["shortcut"], {}, x, train=train)[0] if projection else x
+        np.testing.assert_array_equal(y, yb + ys)
+        chex.assert_trees_all_equal(new_state, {"block": sb})
+        dy = jax.random.normal(k_dy, y.shape, jnp.float64)
+        dparams, dx = backward(dy)
+        _, vjp = jax.vjp(lambda p, x: net.apply(p, state, x, **run)[0], params, x)
+        auto_dparams, auto_dx = vjp(dy)
+        assert norm_rel_err(dparams, auto_dparams) <= RTOL
+        assert norm_rel_err(dx, auto_dx) <= RTOL
+        # the manual path (jax.grad through custom_vjp) runs the same rules
+        man = jaxnn.manual(net)
+        g = jax.grad(lambda p, x: jnp.sum(dy * man.apply(p, state, x, **run)[0]), (0, 1))
+        assert norm_rel_err(g(params, x), (auto_dparams, auto_dx)) <= RTOL
+
+
+def test_residual_routes_keywords_and_gives_each_stochastic_branch_its_own_key():
+    net = combinators.residual(_block(), combinators.serial(layers.dropout(0.5), layers.dense(4)))
+    assert net.keywords == ("mask",) and net.stochastic
+    params, state = net.init(jax.random.key(0), (6, 4))
+    x = jax.random.normal(jax.random.key(3), (6, 4))
+    mask = jnp.arange(6) < 4
+    y1, s1 = net.apply(params, state, x, train=True, key=jax.random.key(1), mask=mask)
+    y2, _ = net.apply(params, state, x, train=True, key=jax.random.key(2), mask=mask)
+    assert not np.allclose(y1, y2)  # the key reaches the branches
+    _, s_unmasked = net.apply(params, state, x, train=True, key=jax.random.key(1))
+    assert not np.allclose(s1["block"]["batchnorm_1"].mean, s_unmasked["block"]["batchnorm_1"].mean)
+    with pytest.raises(TypeError, match="no branch takes the keyword"):
+        net.apply(params, state, x, train=True, key=jax.random.key(1), weights=mask)
+
+
+def test_residual_whose_shapes_do_not_match_names_the_block():
+    net = combinators.residual(_block(n_out=3))
+    with pytest.raises(
+        ValueError,
+        match=r"residual: the block 'block' maps x of shape \(2, 4\) "
+        r"to \(2, 3\) but the identity gives \(2, 4\).*dense\(3, use_bias=False\)",
+    ):
+        net.init(jax.random.key(0), (2, 4))
+    flat = combinators.residual(layers.flatten())
+    params, state = flat.init(jax.random.key(0), (2, 4))  # [2, 4] -> [2, 4]: fits
+    with pytest.raises(ValueError, match=r"the block 'flatten' maps x of shape \(2, 2, 2\)"):
+        flat.apply(params, state, jnp.ones((2, 2, 2)), train=False)  # checked at apply too
+    img = combinators.residual(jaxnn.conv.conv2d(8, 3, strides=2), name="down")
+    with pytest.raises(ValueError, match=r"down: .*conv2d\(8, 1, strides=..., use_bias=False\)"):
+        img.init(jax.random.key(0), (2, 6, 6, 4))
+    with pytest.raises(TypeError, match="the shortcut must be a Layer"):
+        combinators.residual(_block(), shortcut=lambda x: x)

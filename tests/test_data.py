@@ -792,3 +792,21 @@ def test_mnist_test_file_of_ten_examples_with_every_class_loads(tmp_path):
     arrays = fake_mnist(n_test=10)
     s = data.mnist(write_mnist(tmp_path, arrays), validation=20)
     np.testing.assert_array_equal(np.sort(s.test.y), np.arange(10))
+
+
+def test_standardize_per_all_takes_one_mean_and_spread_for_every_value():
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1, (50, 6)).astype(np.float32) * np.float32([1, 2, 3, 4, 5, 6])
+    raw = data.split(Dataset(x, np.arange(50, dtype=np.int32) % 2), seed=0)
+    s = data.standardize(raw, per="all")
+    train = raw.train.x.astype(np.float64)
+    mean, std = train.mean(), train.std()
+    for part, out in zip(raw[:3], s[:3], strict=True):
+        np.testing.assert_allclose(out.x, (part.x - mean) / std, rtol=1e-6, atol=1e-6)
+    # the pixels keep their relative contrast: one affine map for every feature
+    assert abs(float(s.train.x.mean())) < 1e-6 and abs(float(s.train.x.std()) - 1) < 1e-5
+    assert not np.allclose(s.train.x.std(0), 1)
+    with pytest.raises(ValueError, match="per must be 'feature' or 'all'"):
+        data.standardize(raw, per="pixel")
+    digits = data.digits(per="all")
+    assert digits.train.x.shape[1] == 64 and abs(float(digits.train.x.mean())) < 1e-5

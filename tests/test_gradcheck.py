@@ -5,7 +5,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnn import audit, batchnorm, cli, combinators, gradcheck, layers, networks
+from jaxnn import (
+    audit,
+    batchnorm,
+    cli,
+    combinators,
+    conv,
+    gradcheck,
+    layers,
+    networks,
+    norms,
+    pooling,
+)
 from jaxnn._typing import bind_backward
 from jaxnn.backprop import manual
 from jaxnn.gradcheck import AUTO, FD, HAND, GradientMismatchError, check_gradients, check_layer
@@ -208,6 +219,18 @@ _BUILTIN = [
     ("mlp", networks.mlp([3, 2], "softplus", batchnorm=True, dropout=0.2), (5, 2),
      {"mask": jnp.arange(5) != 2}),
     ("manual", manual(networks.mlp([3, 2], "tanh", batchnorm=True)), (5, 2), {}),
+    ("flatten", layers.flatten(), (2, 3, 2, 2), {}),
+    ("reshape", layers.reshape((2, -1)), (3, 6), {}),
+    ("conv2d", conv.conv2d(3, 3, strides=2, padding=1, kernel_dilation=(1, 2)), (2, 6, 7, 2), {}),
+    ("max_pool", pooling.max_pool(3, 2, 1), (2, 5, 5, 2), {}),
+    ("avg_pool", pooling.avg_pool(2, 1, count_include_pad=False, padding=1), (2, 4, 4, 2), {}),
+    ("global_avg_pool", pooling.global_avg_pool(), (2, 3, 4, 2), {}),
+    ("layernorm", norms.layernorm(axis=(-2, -1)), (3, 2, 4), {}),
+    ("groupnorm", norms.groupnorm(2), (2, 3, 3, 4), {}),
+    ("rmsnorm", norms.rmsnorm(), (3, 5), {}),
+    ("residual", combinators.residual(combinators.serial(layers.dense(3), batchnorm.batchnorm()),
+                                      layers.dense(3)), (4, 2), {}),
+    ("cnn", networks.cnn((4, 4, 1), (2, 4), 3, residual=True, activation="tanh"), (3, 16), {}),
 ]  # fmt: skip
 
 

@@ -218,3 +218,34 @@ def test_dense_param_dtype_spellings_give_that_dtype_under_x64(dtype):
     assert init(layers.dense(3))["w"].dtype == jnp.float64  # the conftest's x64 default
     params = init(layers.dense(3, param_dtype=dtype))
     assert params["w"].dtype == params["b"].dtype == jnp.dtype(dtype)
+
+
+# ----------------------------------------------------------------------------- flatten, reshape
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 4, 5), (1, 7), (2, 1, 1, 1)])
+def test_flatten_is_row_major_per_example_and_its_backward_reads_dy_back(shape):
+    layer = layers.flatten()
+    x = jnp.arange(math.prod(shape), dtype=jnp.float32).reshape(shape)
+    y, _, backward = layer.vjp({}, {}, x, train=True)
+    np.testing.assert_array_equal(y, np.asarray(x).reshape(shape[0], -1))
+    dy = jnp.arange(y.size, dtype=jnp.float32).reshape(y.shape) * 2
+    dparams, dx = backward(dy)
+    assert dparams == {}
+    np.testing.assert_array_equal(dx, np.asarray(dy).reshape(shape))
+
+
+def test_reshape_infers_one_axis_and_refuses_sizes_that_do_not_fit():
+    layer = layers.reshape((8, 8, 1))
+    y, _ = layer.apply({}, {}, jnp.zeros((5, 64)), train=False)
+    assert y.shape == (5, 8, 8, 1)
+    y, _ = layers.reshape((2, -1)).apply({}, {}, jnp.zeros((3, 4, 3)), train=False)
+    assert y.shape == (3, 2, 6)
+    with pytest.raises(ValueError, match=r"reshape: cannot reshape each example of shape \(63,\)"):
+        layer.apply({}, {}, jnp.zeros((5, 63)), train=False)
+    with pytest.raises(ValueError, match="not a multiple of 5"):
+        layers.reshape((5, -1)).apply({}, {}, jnp.zeros((2, 12)), train=False)
+    with pytest.raises(ValueError, match="one -1"):
+        layers.reshape((-1, -1)).apply({}, {}, jnp.zeros((2, 12)), train=False)
+    with pytest.raises(ValueError, match="batch axis"):
+        layers.flatten().apply({}, {}, jnp.zeros(()), train=False)

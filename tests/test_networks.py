@@ -112,3 +112,47 @@ def test_mlp_param_dtype_reaches_dense_and_batchnorm():
     params, state = jax.eval_shape(lambda key: net.init(key, (4, 5)), jax.random.key(0))
     leaves = jax.tree.leaves((params, state))
     assert {a.dtype for a in leaves if a.ndim} == {jnp.dtype(jnp.float32)}
+
+
+# ----------------------------------------------------------------------------- cnn
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_cnn_layout_and_the_depth_formula(residual):
+    net = networks.cnn((8, 8, 1), (4, 8), 10, blocks_per_stage=2, residual=residual)
+    params, state = net.init(jax.random.key(0), (3, 64))
+    kernels = [p for p in jax.tree_util.tree_leaves_with_path(params)
+               if jax.tree_util.keystr(p[0]).endswith("['w']")]  # fmt: skip
+    convs = [w for path, w in kernels if w.ndim == 4 and w.shape[:2] == (3, 3)]
+    assert len(convs) + 1 == 2 + 2 * 2 * 2  # stem + 2 per block + the dense head
+    projections = [w for path, w in kernels if w.ndim == 4 and w.shape[:2] == (1, 1)]
+    # plain: no projection; residual: one where the channels change (4 -> 8)
+    assert len(projections) == (1 if residual else 0)
+    # flat input (digits) and NHWC input give the same logits
+    x = jax.random.normal(jax.random.key(1), (3, 64))
+    y_flat, _ = net.apply(params, state, x, train=False)
+    y_img, _ = net.apply(params, state, x.reshape(3, 8, 8, 1), train=False)
+    chex.assert_shape(y_flat, (3, 10))
+    np.testing.assert_allclose(y_flat, y_img, rtol=1e-6)
+    # convolutions before a norm have no bias (beta takes its place)
+    assert all("b" not in p for k, p in params.items() if k.startswith("conv2d"))
+
+
+@pytest.mark.parametrize("norm", ["batchnorm", "layernorm", "groupnorm", None])
+def test_cnn_hand_backward_equals_autodiff_for_every_norm(norm):
+    net = networks.cnn((4, 4, 2), (2, 4), 3, residual=True, norm=norm, groups=2,
+                       activation="tanh")  # fmt: skip
+    check_layer_vjp(lambda f: f, net, (3, 4, 4, 2), 0, train=True)
+
+
+def test_cnn_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="too small"):
+        networks.cnn((4, 4, 1), (2, 4, 8, 16), 3)
+    with pytest.raises(ValueError, match="groups=3 must divide"):
+        networks.cnn((8, 8, 1), (4, 8), 3, norm="groupnorm", groups=3)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        networks.cnn((8, 8, 1), (4,), 3, norm="instancenorm")
+    with pytest.raises(ValueError, match=r"\(H, W, C\)"):
+        networks.cnn((64,), (4,), 3)
+    with pytest.raises(ValueError, match="channels must list"):
+        networks.cnn((8, 8, 1), (), 3)

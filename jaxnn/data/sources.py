@@ -17,7 +17,7 @@ from jaxnn.data.synthetic import SYNTHETIC, Dataset
 __all__ = ["DATASETS", "digits", "load", "mnist"]
 
 
-def digits(*, seed: int = 0) -> Splits:
+def digits(*, seed: int = 0, per: str = "feature") -> Splits:
     """The 1797 8x8 handwritten digits bundled with scikit-learn, 60/20/20, standardised.
 
     ``sklearn.datasets.load_digits``: the test part of the UCI "Optical Recognition of
@@ -37,6 +37,8 @@ def digits(*, seed: int = 0) -> Splits:
 
     Args:
         seed: seeds the split.
+        per: :func:`standardize`'s ``per``: ``"feature"`` (default; every pixel on its own) or
+            ``"all"`` (one mean and spread for every pixel: what a convolution wants).
 
     Returns:
         :class:`Splits` named ``"digits"``, ``num_classes=10``, ``x`` ``float32 [n, 64]``.
@@ -55,7 +57,7 @@ def digits(*, seed: int = 0) -> Splits:
     raw = load_digits()
     data = Dataset((raw.data / 16).astype(np.float32), raw.target.astype(np.int32))
     return standardize(
-        split(data, validation=0.2, test=0.2, seed=seed, name="digits", num_classes=10)
+        split(data, validation=0.2, test=0.2, seed=seed, name="digits", num_classes=10), per=per
     )
 
 
@@ -144,7 +146,12 @@ def _check_mnist_part(
 
 
 def mnist(
-    data_dir: str | os.PathLike, *, kind: str = "mnist", validation: int = 10000, seed: int = 0
+    data_dir: str | os.PathLike,
+    *,
+    kind: str = "mnist",
+    validation: int = 10000,
+    seed: int = 0,
+    per: str = "feature",
 ) -> Splits:
     """MNIST or Fashion-MNIST from files in ``data_dir``: train, validation and test parts.
 
@@ -168,6 +175,7 @@ def mnist(
         kind: ``"mnist"`` or ``"fashion_mnist"``; the name of the ``.npz`` and of the result.
         validation: number of training-file examples held out, ``1 <= validation < n_train``.
         seed: seeds the choice of the validation examples.
+        per: :func:`standardize`'s ``per``: ``"feature"`` (default) or ``"all"``.
 
     Returns:
         :class:`Splits` with ``num_classes=10``, ``x`` ``float32 [n, 784]`` (28x28 pixels).
@@ -233,7 +241,8 @@ def mnist(
             part(test_x, test_y),
             10,
             kind,
-        )
+        ),
+        per=per,
     )
 
 
@@ -244,7 +253,9 @@ DATASETS: tuple[str, ...] = (*SYNTHETIC, "digits", *_MNIST_KINDS)
 """The names :func:`load` accepts."""
 
 
-def load(name: str, *, data_dir: str | os.PathLike | None = None, seed: int = 0) -> Splits:
+def load(
+    name: str, *, data_dir: str | os.PathLike | None = None, seed: int = 0, per: str = "feature"
+) -> Splits:
     """The data set ``name`` as :class:`Splits`, for the command line.
 
     * ``"xor"``, ``"moons"``, ``"circles"``, ``"spirals"``: 400 points of the generator of that
@@ -257,6 +268,8 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, seed: int = 0)
         name: one of :data:`DATASETS`.
         data_dir: the folder of the MNIST or Fashion-MNIST files; ignored by the others.
         seed: seeds the generator and the split.
+        per: how the image sets are standardised (:func:`standardize`): ``"feature"`` or
+            ``"all"``; the synthetic sets are not.
 
     Raises:
         ValueError: an unknown name, or MNIST without ``data_dir``.
@@ -265,12 +278,12 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, seed: int = 0)
         data = SYNTHETIC[name](seed=seed)
         return split(data, validation=0.2, test=0.2, seed=seed, name=name, num_classes=2)
     if name == "digits":
-        return digits(seed=seed)
+        return digits(seed=seed, per=per)
     if name in _MNIST_KINDS:
         if data_dir is None:
             raise ValueError(
                 f"data set {name!r} is read from local files and needs a folder: pass "
                 f"data_dir (--data-dir on the command line) holding {_mnist_expected(name)}."
             )
-        return mnist(data_dir, kind=name, seed=seed)
+        return mnist(data_dir, kind=name, seed=seed, per=per)
     raise ValueError(f"unknown data set {name!r}. Known data sets: {', '.join(DATASETS)}.")

@@ -208,8 +208,14 @@ def split(
 _CHUNK = 8192  # rows per float64 block: MNIST's 50000 x 784 never exists in float64 at once
 
 
-def standardize(splits: Splits) -> Splits:
+def standardize(splits: Splits, *, per: str = "feature") -> Splits:
     """Standardise every feature with the training part's mean and standard deviation.
+
+    ``per="all"`` takes one mean and one standard deviation over every value of the training
+    part instead (images as a whole, as ``torchvision.transforms.Normalize`` with MNIST's
+    ``0.1307, 0.3081`` does): pixels keep their relative contrast, which a convolution, whose
+    kernel slides over every position, needs. Everything below holds with the one feature
+    that all the values then form.
 
     ``x -> (x - mean_train) / std_train`` per feature, on all three parts, the statistics
     computed in float64 over the training part alone (``std`` the population one, ``ddof=0``)
@@ -226,16 +232,19 @@ def standardize(splits: Splits) -> Splits:
 
     Args:
         splits: the parts, ``x`` of each ``[n, features]`` with the same number of features.
+        per: ``"feature"`` (default) or ``"all"``.
 
     Returns:
         The same :class:`Splits` with float32 ``x`` standardised; labels unchanged.
 
     Raises:
         ValueError: an empty training part, differing feature counts, or a non-finite value in
-            the training features.
+            the training features; ``per`` not one of ``"feature"``, ``"all"``.
     """
     if not isinstance(splits, Splits):
         raise TypeError(f"standardize: expected jaxnn.data.Splits, got {type(splits).__name__}.")
+    if per not in ("feature", "all"):
+        raise ValueError(f"standardize: per must be 'feature' or 'all', got {per!r}.")
     parts = [
         _check_dataset(d, f"standardize ({w})")
         for d, w in zip(splits[:3], ("train", "validation", "test"), strict=True)
@@ -249,6 +258,8 @@ def standardize(splits: Splits) -> Splits:
             f"standardize: the parts must have the same number of features, got train, "
             f"validation, test widths {widths}."
         )
+    if per == "all":
+        x = x.reshape(-1, 1)
     lo, hi = x.min(0), x.max(0)
     if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
         j = int(np.flatnonzero(~(np.isfinite(lo) & np.isfinite(hi)))[0])
