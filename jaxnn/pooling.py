@@ -28,16 +28,9 @@ from jaxnn.conv import (
     parse_padding,
     positive_pair,
 )
+from jaxnn.layers import _check_no_params
 
 __all__ = ["avg_pool", "global_avg_pool", "max_pool"]
-
-
-def _check_no_params(params: Params, name: str) -> None:
-    if params != {} and params is not None:
-        raise ValueError(
-            f"{name}: this layer has no parameters (params must be {{}}), got {params!r:.80}. "
-            f"Use the params that its init returned."
-        )
 
 
 # ----------------------------------------------------------------------------- windows
