@@ -21,4 +21,5 @@ EXPERIMENTS = (
     "regularization",
     "depth_residual",
     "norm_batch_size",
+    "vanishing_through_time",
 )

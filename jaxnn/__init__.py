@@ -25,6 +25,7 @@ from jaxnn import norms as norms
 from jaxnn import optim as optim
 from jaxnn import parallel as parallel
 from jaxnn import pooling as pooling
+from jaxnn import recurrent as recurrent
 from jaxnn import regularization as regularization
 from jaxnn import run as run
 from jaxnn import statistics as statistics
@@ -60,6 +61,11 @@ from jaxnn.optim import sgd as sgd
 from jaxnn.pooling import avg_pool as avg_pool
 from jaxnn.pooling import global_avg_pool as global_avg_pool
 from jaxnn.pooling import max_pool as max_pool
+from jaxnn.recurrent import elman_cell as elman_cell
+from jaxnn.recurrent import embedding as embedding
+from jaxnn.recurrent import gru_cell as gru_cell
+from jaxnn.recurrent import lstm_cell as lstm_cell
+from jaxnn.recurrent import recurrent_layer as recurrent_layer
 from jaxnn.regularization import l1 as l1
 from jaxnn.regularization import l2 as l2
 from jaxnn.train import TrainState as TrainState

@@ -129,6 +129,8 @@ class Layer(NamedTuple):
         (BatchNorm: ``("mask",)``).
       stochastic: whether ``apply(..., train=True)`` needs a ``key``.
       children: the layers of a composition, in order (empty for a leaf layer).
+      integer_input: whether its input holds integers (an embedding's token indices), not
+        floats: a composition traces its shapes from an integer input then.
     """
 
     name: str
@@ -138,6 +140,7 @@ class Layer(NamedTuple):
     keywords: tuple[str, ...] = ()
     stochastic: bool = False
     children: tuple[Layer, ...] = ()
+    integer_input: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,6 +234,14 @@ def _what(value: Any) -> str:
     return f"a {type(value).__name__} of structure {jax.tree.structure(value)}"
 
 
+def _cotangent_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype of an input's gradient: its own, or ``float0`` for an integer or boolean input
+    (as ``jax.vjp`` returns: such an input has no tangent space)."""
+    if jnp.issubdtype(dtype, jnp.integer) or dtype == np.dtype(bool):
+        return np.dtype(jax.dtypes.float0)
+    return dtype
+
+
 def check_cotangents(spec: BackwardSpec, result: Any) -> tuple[Grads, Array]:
     """``result`` as ``(dparams, dx)``, refused unless it has the structure ``spec`` names.
 
@@ -281,10 +292,11 @@ def check_cotangents(spec: BackwardSpec, result: Any) -> tuple[Grads, Array]:
             f"{spec.x_shape} (dx is the gradient w.r.t. x: sum over the axes the forward "
             f"broadcast)."
         )
-    if spec.x_dtype is not None and np.dtype(dx.dtype) != spec.x_dtype:
+    if spec.x_dtype is not None and np.dtype(dx.dtype) != _cotangent_dtype(spec.x_dtype):
         raise ValueError(
-            f"{where} returned dx of dtype {dx.dtype}; the input x has dtype {spec.x_dtype} "
-            f"(cast dx back to the input's dtype, as jax.vjp does)."
+            f"{where} returned dx of dtype {dx.dtype}; the input x has dtype {spec.x_dtype}, "
+            f"so dx must be {_cotangent_dtype(spec.x_dtype)} (the input's dtype, float0 for an "
+            f"integer input, as jax.vjp returns)."
         )
     return dparams, dx
 

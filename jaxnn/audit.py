@@ -42,8 +42,9 @@ from jaxnn import losses as _losses
 from jaxnn import networks as _networks
 from jaxnn import norms as _norms
 from jaxnn import pooling as _pooling
+from jaxnn import recurrent as _recurrent
 from jaxnn import regularization as _regularization
-from jaxnn._typing import Array, Layer, Params, PRNGKey
+from jaxnn._typing import Array, Layer, Params, PRNGKey, backward_spec, check_cotangents
 from jaxnn.activations import ACTIVATIONS, Activation
 from jaxnn.backprop import backprop, manual, value_and_grad
 from jaxnn.gradcheck import layer_case
@@ -479,6 +480,168 @@ def _network(mode: str) -> MakeCase:
     return make
 
 
+# ---- recurrent: cells, the loop (BPTT), the layer, embedding
+
+_CELLS = {
+    "elman": lambda h: _recurrent.elman_cell(h),
+    "elman_sigmoid": lambda h: _recurrent.elman_cell(h, activation="sigmoid", name="elman"),
+    "lstm": lambda h: _recurrent.lstm_cell(h),
+    "gru": lambda h: _recurrent.gru_cell(h),
+}
+
+
+def _tree_dot(a: Any, b: Any) -> Array:
+    return sum(jax.tree.leaves(jax.tree.map(lambda u, v: jnp.sum(u * v), a, b)))
+
+
+def _lengths_mask(key: PRNGKey, batch: int, time: int) -> Array:
+    """``[batch, time]``: random lengths in ``[0, time]``, the first row full, one of 0 or 1."""
+    lengths = _host_rng(key).integers(0, time + 1, batch)
+    lengths[0] = time
+    if batch > 1:
+        lengths[1] = lengths[1] % 2  # an empty sequence or a sequence of one step
+    return jnp.asarray(np.arange(time) < lengths[:, None])
+
+
+def _rnn_draw(key: PRNGKey) -> tuple[int, int, int, int]:
+    batch, time, n_in, hidden = _dims(key, 4, 2, 5)
+    return batch, time, n_in, hidden
+
+
+def _recurrent_layer(kind: str, masked: bool, return_sequences: bool = True) -> MakeCase:
+    """The layer over a random sequence (float64), with or without a mask of random lengths."""
+
+    def make(key: PRNGKey) -> gradcheck.GradCase:
+        k_shape, k_case, k_mask = jax.random.split(key, 3)
+        batch, time, n_in, hidden = _rnn_draw(k_shape)
+        layer = _recurrent.recurrent_layer(_CELLS[kind](hidden), return_sequences=return_sequences)
+        keywords = {"seq_mask": _lengths_mask(k_mask, batch, time)} if masked else {}
+        lengths = (
+            "" if not masked else f", lengths {np.asarray(keywords['seq_mask']).sum(1).tolist()}"
+        )
+        return layer_case(
+            layer, (batch, time, n_in), train=True, key=k_case,
+            shapes=f"x({batch}, {time}, {n_in}), hidden {hidden}{lengths}", **keywords,
+        )  # fmt: skip
+
+    return make
+
+
+def _scan(kind: str) -> MakeCase:
+    """:func:`jaxnn.recurrent.scan_vjp`'s BPTT w.r.t. the params, ``x`` and the initial carry,
+    both outputs read, under a mask of random lengths."""
+
+    def make(key: PRNGKey) -> gradcheck.GradCase:
+        k_shape, k_p, k_x, k_mask = jax.random.split(key, 4)
+        batch, time, n_in, hidden = _rnn_draw(k_shape)
+        cell = _CELLS[kind](hidden)
+        rng = _host_rng(k_x)
+        with jax.enable_x64(True):
+            params = jax.tree.map(_float64, cell.init(k_p, n_in))
+            x = jnp.asarray(rng.standard_normal((batch, time, n_in)))
+            carry0 = jax.tree.map(
+                lambda a: jnp.asarray(rng.standard_normal(a.shape)),
+                cell.initial_carry(batch, jnp.float64),
+            )
+            mask = _lengths_mask(k_mask, batch, time)
+            w_ys = jnp.asarray(rng.standard_normal((batch, time, hidden)))
+            w_carry = jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape)), carry0)
+
+        def f(params: Params, x: Array, carry0: Any) -> Array:
+            ys, carry = _recurrent.scan(cell, params, x, initial_carry=carry0, seq_mask=mask)
+            dot = _tree_dot(carry, w_carry)
+            return jnp.sum(w_ys * ys) + dot
+
+        @jax.jit
+        def grad_fn(params: Params, x: Array, carry0: Any) -> Any:
+            _, _, backward = _recurrent.scan_vjp(
+                cell, params, x, initial_carry=carry0, seq_mask=mask
+            )
+            return backward(w_ys, w_carry)
+
+        return gradcheck.GradCase(
+            f, (params, x, carry0), grad_fn, (0, 1, 2),
+            f"x({batch}, {time}, {n_in}), hidden {hidden}, lengths {np.asarray(mask).sum(1).tolist()}",
+            ("dparams", "dx", "dcarry0"), f"recurrent.scan_vjp ({kind} cell)",
+        )  # fmt: skip
+
+    return make
+
+
+def _cell_step(kind: str) -> MakeCase:
+    """One step of a cell: ``step_vjp``'s backward w.r.t. the params, the carry and ``x_t``."""
+
+    def make(key: PRNGKey) -> gradcheck.GradCase:
+        k_shape, k_p, k_x = jax.random.split(key, 3)
+        batch, _, n_in, hidden = _rnn_draw(k_shape)
+        cell = _CELLS[kind](hidden)
+        rng = _host_rng(k_x)
+        with jax.enable_x64(True):
+            params = jax.tree.map(_float64, cell.init(k_p, n_in))
+            x = jnp.asarray(rng.standard_normal((batch, n_in)))
+            carry = jax.tree.map(
+                lambda a: jnp.asarray(rng.standard_normal(a.shape)),
+                cell.initial_carry(batch, jnp.float64),
+            )
+            w_y = jnp.asarray(rng.standard_normal((batch, hidden)))
+            w_carry = jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape)), carry)
+
+        def f(params: Params, carry: Any, x: Array) -> Array:
+            new, y = cell.step(params, carry, x)
+            dot = _tree_dot(new, w_carry)
+            return jnp.sum(w_y * y) + dot
+
+        @jax.jit
+        def grad_fn(params: Params, carry: Any, x: Array) -> Any:
+            return cell.step_vjp(params, carry, x)[2](w_carry, w_y)
+
+        return gradcheck.GradCase(
+            f, (params, carry, x), grad_fn, (0, 1, 2), f"x({batch}, {n_in}), hidden {hidden}",
+            ("dparams", "dcarry", "dx"), f"{kind} cell, one step",
+        )  # fmt: skip
+
+    return make
+
+
+def _embedding(padding: bool) -> MakeCase:
+    """Tokens with repeated indices (and, with ``padding``, a padding index among them)."""
+
+    def make(key: PRNGKey) -> gradcheck.GradCase:
+        k_shape, k_p, k_x = jax.random.split(key, 3)
+        batch, time, vocab, features = _dims(k_shape, 4, 2, 6)
+        rng = _host_rng(k_x)
+        tokens = rng.integers(0, vocab, (batch, time))
+        tokens[0, :2] = vocab - 1  # a repeated index, whatever the draw
+        tokens[-1, -1] = 0  # with padding: the padding index among the tokens
+        layer = _recurrent.embedding(vocab, features, padding_idx=0 if padding else None)
+        with jax.enable_x64(True):
+            params, state = layer.init(k_p, tokens.shape)
+            params = jax.tree.map(_float64, params)
+            params = {"w": params["w"] + jnp.asarray(rng.standard_normal(params["w"].shape))}
+            x = jnp.asarray(tokens, jnp.int32)
+            w = jnp.asarray(rng.standard_normal((batch, time, features)))
+            w_pad = params["w"][0]  # held fixed, so finite differences see a constant row
+
+        def f(params: Params) -> Array:
+            if padding:  # the padding row is a constant by definition (PyTorch's padding_idx)
+                params = {"w": jnp.where(jnp.arange(vocab)[:, None] == 0, w_pad, params["w"])}
+            return jnp.sum(w * layer.apply(params, state, x, train=True)[0])
+
+        @jax.jit
+        def grad_fn(params: Params) -> Params:
+            _, _, backward = layer.vjp(params, state, x, train=True)
+            spec = backward_spec(repr(layer.name), backward, params, x, check_dtype=True)
+            return check_cotangents(spec, backward(w))[0]
+
+        return gradcheck.GradCase(
+            f, (params,), grad_fn, 0,
+            f"tokens({batch}, {time}) of {vocab}{', padding_idx 0' if padding else ''}",
+            ("dparams",), f"layer {layer.name!r}",
+        )  # fmt: skip
+
+    return make
+
+
 # ----------------------------------------------------------------------------- the list
 
 CASES: dict[str, MakeCase] = {
@@ -512,6 +675,17 @@ CASES: dict[str, MakeCase] = {
     "layers.avg_pool": _pool("avg", padded=True),
     "layers.avg_pool.exclude_pad": _pool("avg", padded=True, count_include_pad=False),
     "layers.global_avg_pool": _global_avg_pool,
+    **{f"recurrent.{kind}_cell": _cell_step(kind) for kind in ("elman", "lstm", "gru")},
+    **{f"recurrent.scan.{kind}": _scan(kind) for kind in ("elman", "lstm", "gru")},
+    **{
+        f"layers.recurrent_layer.{kind}{'.mask' if masked else ''}": _recurrent_layer(kind, masked)
+        for kind in ("elman", "elman_sigmoid", "lstm", "gru")
+        for masked in (False, True)
+    },
+    "layers.recurrent_layer.lstm.last": _recurrent_layer("lstm", True, return_sequences=False),
+    "layers.recurrent_layer.gru.last": _recurrent_layer("gru", True, return_sequences=False),
+    "layers.embedding": _embedding(padding=False),
+    "layers.embedding.padding": _embedding(padding=True),
     "regularization.l1": _penalty("l1"),
     "regularization.l2": _penalty("l2"),
     "backprop.loop": _network("loop"),
@@ -523,26 +697,26 @@ def _skip(name: str) -> None:
     del name
 
 
-def _returns_layer(fn: Callable[..., Any]) -> bool:
-    """Whether ``fn``'s return annotation is :class:`~jaxnn.Layer` (resolved, or by its text
-    where the module's annotations cannot be resolved at run time)."""
+def _returns(fn: Callable[..., Any], cls: type) -> bool:
+    """Whether ``fn``'s return annotation is ``cls`` (resolved, or by its text where the
+    module's annotations cannot be resolved at run time)."""
     annotation = inspect.signature(fn).return_annotation
     if isinstance(annotation, str):  # `from __future__ import annotations`
         try:
             annotation = typing.get_type_hints(fn).get("return")
         except Exception:  # a name imported only for type checking: judge by the text
-            return annotation.rsplit(".", 1)[-1] == "Layer"
-    return annotation is Layer
+            return annotation.rsplit(".", 1)[-1] == cls.__name__
+    return annotation is cls
 
 
-def layer_factories(package: ModuleType | None = None) -> dict[str, str]:
+def layer_factories(package: ModuleType | None = None, *, returns: type = Layer) -> dict[str, str]:
     """Every public layer factory of ``package`` (default :mod:`jaxnn`): name -> where defined.
 
     A layer factory is a public function (its name does not start with ``_``) defined in a
     module of the package, at any depth, whose return annotation is :class:`~jaxnn.Layer`:
     ``{"dense": "jaxnn.layers.dense", ...}``. Every module is imported (``__main__`` modules
     excepted), and one that fails to import raises: jaxnn's modules have no import-time side
-    effects.
+    effects. ``returns=jaxnn.recurrent.Cell`` finds the recurrent cell factories instead.
     """
     package = importlib.import_module("jaxnn") if package is None else package
     found: dict[str, str] = {}
@@ -557,7 +731,7 @@ def layer_factories(package: ModuleType | None = None) -> dict[str, str]:
                 not public.startswith("_")
                 and inspect.isfunction(obj)
                 and obj.__module__ == module_name
-                and _returns_layer(obj)
+                and _returns(obj, returns)
             ):
                 found.setdefault(public, f"{module_name}.{public}")
     return found
@@ -568,12 +742,14 @@ def components() -> list[str]:
 
     Activations and losses by their registries' names, penalties by
     :data:`jaxnn.regularization.PENALTIES`, and every layer factory of the package wherever it
-    is defined (:func:`layer_factories`) as ``layers.<name>``.
+    is defined (:func:`layer_factories`) as ``layers.<name>``, every recurrent cell factory as
+    ``recurrent.<name>``.
     """
     names = [f"activations.{n}" for n in ACTIVATIONS]
     names += [f"losses.{n}" for n in _losses.LOSSES]
     names += [f"regularization.{n}" for n in _regularization.PENALTIES]
     names += [f"layers.{n}" for n in layer_factories()]
+    names += [f"recurrent.{n}" for n in layer_factories(returns=_recurrent.Cell)]
     return names
 
 

@@ -206,7 +206,8 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
     keywords = tuple(dict.fromkeys(k for layer in layers for k in layer.keywords))
 
     def init(key: PRNGKey | None, input_shape: Shape) -> tuple[Params, State]:
-        shape = jax.ShapeDtypeStruct(ensure_input_shape(input_shape, name), default_float())
+        x_dtype = jnp.int32 if layers[0].integer_input else default_float()
+        shape = jax.ShapeDtypeStruct(ensure_input_shape(input_shape, name), x_dtype)
         keys = [None] * len(layers) if key is None else list(jax.random.split(key, len(layers)))
         params, state = {}, {}
         for k, layer_name, layer in zip(keys, names, layers, strict=True):
@@ -216,7 +217,7 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
             if s != {}:
                 state[layer_name] = s
             out, _ = jax.eval_shape(functools.partial(layer.apply, train=False), p, s, shape)
-            shape = jax.ShapeDtypeStruct(out.shape, shape.dtype)
+            shape = jax.ShapeDtypeStruct(out.shape, default_float())
         return params, state
 
     def apply(params, state, x, *, train: bool, key: PRNGKey | None = None, **kw: Any):
@@ -236,6 +237,7 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
         keywords=keywords,
         stochastic=any(layer.stochastic for layer in layers),
         children=tuple(layers),
+        integer_input=layers[0].integer_input,
     )
     return net
 
