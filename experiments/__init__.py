@@ -22,4 +22,5 @@ EXPERIMENTS = (
     "depth_residual",
     "norm_batch_size",
     "vanishing_through_time",
+    "long_lags",
 )
