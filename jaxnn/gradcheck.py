@@ -69,6 +69,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxnn._typing import (
     Array,
+    ArrayLike,
     Layer,
     Params,
     PRNGKey,
@@ -715,6 +716,7 @@ def layer_case(
     state: State | None = None,
     layer_key: PRNGKey | None = None,
     shapes: str | None = None,
+    x: ArrayLike | None = None,
     **keywords: Any,
 ) -> GradCase:
     """A layer's gradient case in one mode: ``f(params, x) = Σ w ⊙ apply(params, state, x)``.
@@ -736,6 +738,9 @@ def layer_case(
       layer_key: the key a stochastic layer draws from, the same on both sides (default: one
         drawn from ``key`` when ``layer.stochastic``).
       shapes: the report's "shapes" column (default: ``"train x(4, 8)"``).
+      x: the input, of ``input_shape`` (default ``x ~ N(0, 1)``); required for a layer of
+        integer input (``Layer.integer_input``, e.g. an embedding's tokens), whose case
+        checks the params' gradients alone (an integer input has none).
       keywords: the layer's keyword arrays (BatchNorm's ``mask``), on both sides.
 
     Use it to register a layer of yours for ``jaxnn gradcheck --import``::
@@ -751,13 +756,37 @@ def layer_case(
     run = dict(train=train, key=layer_key, **keywords)
     name = repr(layer.name)
     rng = _host_rng(k_x)
+    if x is None and layer.integer_input:
+        raise ValueError(
+            f"{who}: layer {name} takes integer input (Layer.integer_input, e.g. token indices); "
+            f"pass its input as x=..., an integer array of shape {shape} with valid indices."
+        )
+    if x is not None and tuple(np.shape(x)) != shape:
+        raise ValueError(f"{who}: x has shape {tuple(np.shape(x))}, input_shape is {shape}.")
     with jax.enable_x64(True):
         params, init_state = layer.init(k_init, shape)
         params, _ = _promote(params)
         state = init_state if state is None else state
-        x = jnp.asarray(rng.standard_normal(shape))
+        x = jnp.asarray(rng.standard_normal(shape)) if x is None else _promote(jnp.asarray(x))[0]
         y = jax.eval_shape(lambda params, x: layer.apply(params, state, x, **run)[0], params, x)
         w = jnp.asarray(rng.standard_normal(y.shape))
+
+    if not jnp.issubdtype(x.dtype, jnp.floating):  # no gradient w.r.t. an integer input
+        tokens = x
+
+        def f_params(params: Params) -> Array:
+            return jnp.sum(w * layer.apply(params, state, tokens, **run)[0])
+
+        @jax.jit
+        def grad_params(params: Params) -> Params:
+            _, _, backward = layer.vjp(params, state, tokens, **run)
+            spec = backward_spec(name, backward, params, tokens, check_dtype=True)
+            return check_cotangents(spec, backward(w))[0]
+
+        return GradCase(
+            f_params, (params,), grad_params, 0, shapes or f"{_mode(train)} x{shape}",
+            ("dparams",), f"layer {name}, train={bool(train)}",
+        )  # fmt: skip
 
     def f(params: Params, x: Array) -> Array:
         return jnp.sum(w * layer.apply(params, state, x, **run)[0])
@@ -785,6 +814,7 @@ def check_layer(
     rtol: float = RTOL,
     fd_samples: int = 16,
     raise_on_mismatch: bool = True,
+    x: ArrayLike | None = None,
     **keywords: Any,
 ) -> dict[str, GradReport]:
     """Check a layer's hand-derived backward against ``jax.grad`` and finite differences.
@@ -802,6 +832,7 @@ def check_layer(
       state, layer_key: as in :func:`layer_case`.
       rtol, fd_samples: as in :func:`check_gradients`.
       raise_on_mismatch: raise on the first mismatch (default), or return every report.
+      x: the input (default ``N(0, 1)`` draws); required for a layer of integer input.
       keywords: the layer's keyword arrays (BatchNorm's ``mask``).
 
     Returns:
@@ -834,7 +865,14 @@ def check_layer(
     reports = {}
     for mode in dict.fromkeys(bool(m) for m in modes):
         case = layer_case(
-            layer, input_shape, train=mode, key=key, state=state, layer_key=layer_key, **keywords
+            layer,
+            input_shape,
+            train=mode,
+            key=key,
+            state=state,
+            layer_key=layer_key,
+            x=x,
+            **keywords,
         )
         reports[_mode(mode)] = check_case(
             case, key=key, rtol=rtol, fd_samples=fd_samples, raise_on_mismatch=raise_on_mismatch

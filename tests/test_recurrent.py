@@ -281,6 +281,19 @@ def test_embedding_refuses_floats_and_out_of_range_indices():
         embedding(5, 3, padding_idx=5)
 
 
+def test_check_layer_needs_the_tokens_of_an_embedding_and_checks_its_params():
+    from jaxnn.gradcheck import check_layer
+
+    layer = embedding(4, 2)
+    with pytest.raises(
+        ValueError, match=r"layer 'embedding' takes integer input .* pass its input as x="
+    ):
+        check_layer(layer, (2, 3))
+    reports = check_layer(layer, (2, 3), x=jnp.array([[3, 3, 0], [1, 3, 2]]))
+    assert all(r.ok for r in reports.values())
+    assert [leaf.path for leaf in reports["train"].leaves] == ["dparams['w']"]
+
+
 # ----------------------------------------------------------------------------- errors
 
 
