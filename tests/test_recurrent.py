@@ -187,8 +187,7 @@ def test_the_layer_is_the_scan_and_its_backward_is_the_bptt(return_sequences):
     x = jax.random.normal(jax.random.key(1), (B, T, I))
     mask = _lengths_mask([6, 1, 0])
     y, _, backward = layer.vjp(params, state, x, train=True, seq_mask=mask)
-    ys, h_t = recurrent.scan(layer_cell := gru_cell(H), params, x, seq_mask=mask)
-    del layer_cell
+    ys, h_t = recurrent.scan(gru_cell(H), params, x, seq_mask=mask)
     assert norm_rel_err(y, ys if return_sequences else h_t) <= RTOL
     dy = jax.random.normal(jax.random.key(2), y.shape)
     _, vjp = jax.vjp(lambda p, x: layer.apply(p, state, x, train=True, seq_mask=mask)[0], params, x)
